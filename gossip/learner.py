@@ -1,0 +1,199 @@
+"""The learner: a model with its age, an optimizer and a peer's local data.
+
+``train`` runs local SGD (or Adam) steps on minibatches drawn without replacement from the
+local data (a fresh seeded permutation per epoch) and adds the number of samples seen to the
+model's age. ``evaluate`` returns loss and accuracy on any dataset.
+
+The local data is a view into tensors that live on the training device: a peer holds its
+shard as an index tensor into the dataset's tensors (loaded once), so a thousand simulated
+peers share one copy of the data and nothing is re-read from disk per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gossip.errors import ConfigError
+from gossip.optim import FlatSGD
+from gossip.state import ModelState
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """How a peer trains locally.
+
+    optimizer: ``sgd`` (default, plain SGD as in Gossip Learning) or ``adam``.
+    lr: learning rate. momentum: SGD momentum (0 keeps SGD stateless, cheap per peer).
+    weight_decay: L2 penalty. batch_size: samples per local step.
+    device: ``auto`` (cuda when available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``.
+    """
+
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}"
+            )
+        if not self.lr > 0:
+            raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` picks cuda when available; asking for cuda without one is a clear error."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {spec!r} requested but no CUDA GPU is available; use --device cpu"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {spec!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+@dataclass(frozen=True)
+class LocalData:
+    """A peer's training data: rows ``indices`` of the shared tensors ``x`` and ``y``.
+
+    ``indices=None`` means all rows. All three live on the training device.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    indices: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.y) if self.indices is None else len(self.indices)
+
+    def to(self, device: torch.device) -> LocalData:
+        idx = None if self.indices is None else self.indices.to(device)
+        return LocalData(self.x.to(device), self.y.to(device), idx)
+
+    def rows(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The samples at local ``positions`` (0..len-1)."""
+        rows = positions if self.indices is None else self.indices[positions]
+        return self.x[rows], self.y[rows]
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    steps: int
+    samples: int
+    loss: float  # mean training loss over the steps (nan when no step ran)
+
+
+@dataclass(frozen=True)
+class EvalStats:
+    loss: float
+    accuracy: float
+    samples: int
+
+
+class Learner:
+    """A peer's model (bound to a :class:`ModelState` with age), optimizer and data."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: LocalData,
+        config: LearnerConfig = LearnerConfig(),
+        *,
+        seed: int = 0,
+        age: int = 0,
+    ) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)
+        self.state = ModelState.bind(self.model, age=age)
+        self.data = data.to(self.device)
+        self.optimizer = self._make_optimizer()
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.model.train()  # once: walking the module tree every step is costly
+        # Batch order comes from a CPU generator so that it is identical on every device.
+        self._generator = torch.Generator().manual_seed(seed)
+        self._order = torch.empty(0, dtype=torch.long)
+        self._cursor = 0
+
+    def _make_optimizer(self) -> torch.optim.Optimizer | FlatSGD:
+        c = self.config
+        if c.optimizer == "adam":
+            return torch.optim.Adam(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        return FlatSGD(
+            self.model, self.state, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay
+        )
+
+    def _next_batch(self) -> torch.Tensor:
+        """Local positions of the next minibatch, reshuffling at each epoch boundary."""
+        n, b = len(self.data), min(self.config.batch_size, len(self.data))
+        if self._cursor + b > len(self._order):
+            self._order = torch.randperm(n, generator=self._generator)
+            self._cursor = 0
+        batch = self._order[self._cursor : self._cursor + b]
+        self._cursor += b
+        return batch.to(self.device, non_blocking=True)
+
+    def train(self, steps: int | None = None, epochs: float | None = None) -> TrainStats:
+        """Run ``steps`` minibatch steps, or enough steps for ``epochs`` passes (default 1 step)."""
+        n = len(self.data)
+        if n == 0:
+            return TrainStats(0, 0, float("nan"))
+        if epochs is not None:
+            per_epoch = -(-n // min(self.config.batch_size, n))
+            steps = max(1, round(epochs * per_epoch))
+        steps = 1 if steps is None else steps
+        total_loss = torch.zeros((), device=self.device)
+        samples = 0
+        for _ in range(steps):
+            x, y = self.data.rows(self._next_batch())
+            self.optimizer.zero_grad()
+            loss = self.loss_fn(self.model(x), y)
+            loss.backward()
+            self.optimizer.step()
+            total_loss += loss.detach()
+            samples += len(y)
+        self.state.age += samples
+        return TrainStats(steps, samples, float(total_loss) / steps)
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> EvalStats:
+        """Mean cross-entropy loss and accuracy of the current model on ``(x, y)``."""
+        return evaluate_model(self.model, x, y, self.device, batch_size)
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int = 4096
+) -> EvalStats:
+    """Loss and accuracy of ``model`` on ``(x, y)``, in batches, without touching gradients."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    for start in range(0, len(y), batch_size):
+        xb = x[start : start + batch_size].to(device, non_blocking=True)
+        yb = y[start : start + batch_size].to(device, non_blocking=True)
+        logits = model(xb)
+        loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum").double()
+        correct += (logits.argmax(dim=1) == yb).sum()
+    model.train(was_training)
+    n = len(y)
+    if n == 0:
+        return EvalStats(float("nan"), float("nan"), 0)
+    return EvalStats(float(loss_sum) / n, int(correct) / n, n)
