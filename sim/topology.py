@@ -1,0 +1,445 @@
+"""Named overlay topologies for the simulator, built with networkx.
+
+A topology is given as a spec string ``NAME[:PARAM[:PARAM]]`` (see :data:`TOPOLOGIES` or
+``gossip-sim topologies``). :func:`build_topology` turns a spec into an undirected
+:class:`networkx.Graph` on nodes ``0..n-1`` without self-loops; :func:`graph_properties`
+summarises a graph, including the spectral gap that predicts how fast gossip averaging
+reaches consensus on it.
+
+Conventions:
+
+- Randomized models (``regular``, ``erdos-renyi``, ``watts-strogatz``, ``barabasi-albert``)
+  draw one seed from the given ``rng``, so a graph is a deterministic function of the rng
+  state. Deterministic shapes do not touch the rng.
+- A disconnected result is refused (one-line :class:`ConfigError`) unless
+  ``allow_disconnected=True``. It is never silently redrawn: retrying until connected would
+  change the distribution the random model samples from.
+- ``torus``: an r×c grid with wraparound, ``n = r*c`` with ``3 <= r <= c`` and r as close to
+  sqrt(n) as possible. Node ``i*c + j`` is row i, column j. Every node has degree 4.
+- ``star``: node 0 is the hub.
+- ``dumbbell``: two complete graphs on nodes ``0..h-1`` and ``h..n-1`` (``h = n // 2``)
+  joined by the single bridge edge ``(h-1, h)``.
+- ``file:PATH``: a whitespace-separated edge list, one ``u v`` pair per line; a line with a
+  single label declares an (possibly isolated) node; ``#`` starts a comment; blank lines are
+  ignored; duplicate edges are merged; self-loops are an error. If every label is an integer,
+  labels are mapped to ``0..n-1`` in numeric order (a file already using ``0..n-1`` keeps
+  its numbering); otherwise in order of first appearance. The file fixes n.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse import csgraph
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh, splu
+
+from gossip.errors import ConfigError
+
+Param = int | float | str
+
+
+@dataclass(frozen=True)
+class TopologyInfo:
+    """One named topology, as listed by ``gossip-sim topologies``."""
+
+    name: str
+    params: str
+    description: str
+
+
+TOPOLOGIES: dict[str, TopologyInfo] = {
+    info.name: info
+    for info in (
+        TopologyInfo("complete", "", "every peer linked to every other peer"),
+        TopologyInfo("ring", "", "cycle: peer i linked to i-1 and i+1 (n >= 3)"),
+        TopologyInfo("regular", "K", "random K-regular graph (1 <= K < n, n*K even)"),
+        TopologyInfo("erdos-renyi", "P", "G(n, P): each pair linked with probability P"),
+        TopologyInfo(
+            "watts-strogatz", "K:P", "ring lattice of even degree K, each edge rewired w.p. P"
+        ),
+        TopologyInfo(
+            "barabasi-albert", "M", "preferential attachment, M edges per new peer (M < n)"
+        ),
+        TopologyInfo(
+            "torus", "", "2-D r×c grid with wraparound, r*c = n, r,c >= 3, most square; degree 4"
+        ),
+        TopologyInfo("star", "", "peer 0 is the hub linked to all others"),
+        TopologyInfo("dumbbell", "", "two complete halves joined by one bridge edge (n >= 4)"),
+        TopologyInfo(
+            "file", "PATH", "edge list file: 'u v' per line, '#' comments; the file fixes n"
+        ),
+    )
+}
+
+_DISCONNECTED_HINTS: dict[str, str] = {
+    "regular": "raise K",
+    "erdos-renyi": "raise P",
+    "watts-strogatz": "lower P or raise K",
+    "file": "fix the edge list",
+}
+
+# Exact diameter is all-pairs BFS (cost ~ n*m); above this it is a 2-sweep lower bound.
+_DIAMETER_EXACT_LIMIT = 50_000_000
+# Clustering costs ~ sum of squared degrees; above this it is omitted.
+_CLUSTERING_LIMIT = 20_000_000
+# Dense symmetric eigensolver up to this many nodes, sparse (Lanczos, shift-invert) above.
+_DENSE_EIG_LIMIT = 3000
+
+
+def topology_names() -> list[str]:
+    """Names of the known topologies, in listing order."""
+    return list(TOPOLOGIES)
+
+
+def _usage(name: str) -> str:
+    info = TOPOLOGIES[name]
+    return f"{name}:{info.params}" if info.params else name
+
+
+def _bad(spec: str, why: str) -> ConfigError:
+    name = spec.split(":", 1)[0].strip().lower()
+    usage = f" (expected {_usage(name)})" if name in TOPOLOGIES else ""
+    return ConfigError(f"bad topology {spec!r}: {why}{usage}")
+
+
+def _parse_int(spec: str, label: str, text: str, minimum: int) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise _bad(spec, f"{label} must be an integer, got {text!r}") from None
+    if value < minimum:
+        raise _bad(spec, f"{label} must be >= {minimum}, got {value}")
+    return value
+
+
+def _parse_prob(spec: str, label: str, text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise _bad(spec, f"{label} must be a number in [0, 1], got {text!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise _bad(spec, f"{label} must be in [0, 1], got {text.strip()!r}")
+    return value
+
+
+def parse_topology(spec: str) -> tuple[str, tuple[Param, ...]]:
+    """Split and validate a spec: ``"watts-strogatz:4:0.1"`` -> ``("watts-strogatz", (4, 0.1))``.
+
+    Checks the name and the parameters on their own; checks that depend on n (K < n, ...)
+    happen in :func:`build_topology`. Raises a one-line :class:`ConfigError`.
+    """
+    text = spec.strip()
+    name, _, rest = text.partition(":")
+    name = name.strip().lower()
+    if name not in TOPOLOGIES:
+        raise ConfigError(
+            f"unknown topology {spec!r}; choose one of: {', '.join(TOPOLOGIES)}"
+            " (see `gossip-sim topologies`)"
+        )
+    if name == "file":
+        path = rest.strip()
+        if not path:
+            raise _bad(spec, "missing PATH")
+        return name, (path,)
+    args = rest.split(":") if rest else []
+    expected = TOPOLOGIES[name].params.split(":") if TOPOLOGIES[name].params else []
+    if len(args) != len(expected):
+        raise _bad(spec, f"takes {len(expected)} parameter(s), got {len(args)}")
+    if name == "regular":
+        return name, (_parse_int(spec, "K", args[0], 1),)
+    if name == "erdos-renyi":
+        return name, (_parse_prob(spec, "P", args[0]),)
+    if name == "watts-strogatz":
+        k = _parse_int(spec, "K", args[0], 2)
+        if k % 2:
+            raise _bad(spec, f"K must be even, got {k}")
+        return name, (k, _parse_prob(spec, "P", args[1]))
+    if name == "barabasi-albert":
+        return name, (_parse_int(spec, "M", args[0], 1),)
+    return name, ()
+
+
+def read_edge_list(path: str | Path) -> nx.Graph:
+    """Read an edge-list file (format in the module docstring) into a graph on ``0..n-1``."""
+    p = Path(path).expanduser()
+    where = f"edge list file {str(p)!r}"
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{where} not found; check the file:PATH") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {where} ({type(exc).__name__})") from None
+    labels: dict[str, None] = {}  # insertion-ordered set: order of first appearance
+    pairs: list[tuple[str, str]] = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        tokens = raw.split("#", 1)[0].split()
+        if not tokens:
+            continue
+        if len(tokens) > 2:
+            why = f"expected 'u v' or a single node, got {len(tokens)} fields"
+            raise ConfigError(f"{where} line {lineno}: {why}")
+        if len(tokens) == 2 and tokens[0] == tokens[1]:
+            raise ConfigError(f"{where} line {lineno}: self-loop on {tokens[0]!r}; remove it")
+        for tok in tokens:
+            labels.setdefault(tok)
+        if len(tokens) == 2:
+            pairs.append((tokens[0], tokens[1]))
+    if not labels:
+        raise ConfigError(f"{where} has no nodes; add 'u v' lines")
+    order = list(labels)
+    try:
+        numeric = [int(label) for label in order]
+    except ValueError:
+        pass
+    else:
+        if len(set(numeric)) == len(order):  # "1" and "01" would collide: keep file order
+            order = [label for _, label in sorted(zip(numeric, order, strict=True))]
+    index = {label: i for i, label in enumerate(order)}
+    g = nx.Graph()
+    g.add_nodes_from(range(len(order)))
+    g.add_edges_from((index[u], index[v]) for u, v in pairs)
+    return g
+
+
+def topology_peer_count(spec: str) -> int | None:
+    """The number of peers a spec fixes (``file:`` specs), or None when any n works."""
+    name, params = parse_topology(spec)
+    if name != "file":
+        return None
+    return int(read_edge_list(str(params[0])).number_of_nodes())
+
+
+def _torus_shape(spec: str, n: int) -> tuple[int, int]:
+    for r in range(math.isqrt(n), 2, -1):
+        if n % r == 0 and n // r >= 3:
+            return r, n // r
+    raise _bad(
+        spec, f"{n} peers cannot form an r×c torus with r, c >= 3; use e.g. 9, 12, 16 or 100"
+    )
+
+
+def _seed(rng: np.random.Generator) -> int:
+    return int(rng.integers(2**31))
+
+
+def _build(spec: str, name: str, params: tuple[Param, ...], n: int,
+           rng: np.random.Generator) -> nx.Graph:  # fmt: skip
+    if name == "complete":
+        return nx.complete_graph(n)
+    if name == "ring":
+        if n < 3:
+            raise _bad(spec, f"a ring needs n >= 3 peers, got {n}")
+        return nx.cycle_graph(n)
+    if name == "star":
+        return nx.star_graph(n - 1)
+    if name == "torus":
+        r, c = _torus_shape(spec, n)
+        grid = nx.grid_2d_graph(r, c, periodic=True)
+        return nx.relabel_nodes(grid, {(i, j): i * c + j for i, j in grid.nodes})
+    if name == "dumbbell":
+        if n < 4:
+            raise _bad(spec, f"a dumbbell needs n >= 4 peers, got {n}")
+        h = n // 2
+        g = nx.complete_graph(h)
+        g.add_edges_from(nx.complete_graph(range(h, n)).edges)
+        g.add_edge(h - 1, h)
+        return g
+    if name in ("regular", "watts-strogatz", "barabasi-albert"):
+        k = int(params[0])
+        if k >= n:
+            label = TOPOLOGIES[name].params.split(":")[0]
+            raise _bad(spec, f"{label} must be < n = {n} peers, got {k}")
+        if name == "regular":
+            if (n * k) % 2:
+                raise _bad(spec, f"n*K must be even, but {n} peers × {k} is odd; change K or n")
+            return nx.random_regular_graph(k, n, seed=_seed(rng))
+        if name == "watts-strogatz":
+            return nx.watts_strogatz_graph(n, k, float(params[1]), seed=_seed(rng))
+        return nx.barabasi_albert_graph(n, k, seed=_seed(rng))
+    if name == "erdos-renyi":
+        return nx.fast_gnp_random_graph(n, float(params[0]), seed=_seed(rng))
+    raise AssertionError(f"unhandled topology {name}")  # pragma: no cover
+
+
+def build_topology(
+    spec: str, n: int, rng: np.random.Generator, *, allow_disconnected: bool = False
+) -> nx.Graph:
+    """Build the graph a spec names on ``n`` peers: undirected, nodes ``0..n-1``, no self-loops.
+
+    Raises a one-line :class:`ConfigError` on a bad spec, parameters that do not fit ``n``,
+    an edge-list file whose peer count differs from ``n``, or a disconnected result (unless
+    ``allow_disconnected``).
+    """
+    name, params = parse_topology(spec)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ConfigError(f"topology {spec!r} needs at least 2 peers, got {n!r}")
+    if name == "file":
+        g = read_edge_list(str(params[0]))
+        if g.number_of_nodes() != n:
+            raise ConfigError(
+                f"edge list {str(params[0])!r} defines {g.number_of_nodes()} peers but {n} were "
+                f"requested; set the peer count to {g.number_of_nodes()}"
+            )
+    else:
+        g = _build(spec, name, params, n, rng)
+    g = nx.Graph(g)  # plain undirected graph, fresh attribute dicts
+    if not allow_disconnected and not nx.is_connected(g):
+        parts = nx.number_connected_components(g)
+        hint = _DISCONNECTED_HINTS.get(name, "choose another topology")
+        raise ConfigError(
+            f"topology {spec.strip()} on {n} peers is disconnected ({parts} components); "
+            f"{hint} or pass --allow-disconnected"
+        )
+    return g
+
+
+def metropolis_matrix(g: nx.Graph) -> sp.csr_array:
+    """Metropolis–Hastings gossip matrix of ``g`` (rows/columns in ``list(g.nodes)`` order).
+
+    ``W_ij = 1 / (1 + max(d_i, d_j))`` for each edge, ``W_ii = 1 - sum_j W_ij``. W is
+    symmetric and doubly stochastic, so repeated averaging ``x <- W x`` converges to the mean.
+    """
+    nodes = list(g.nodes)
+    index = {v: i for i, v in enumerate(nodes)}
+    deg = np.array([g.degree(v) for v in nodes], dtype=np.float64)
+    edges = np.array([(index[u], index[v]) for u, v in g.edges if u != v], dtype=np.int64)
+    edges = edges.reshape(-1, 2)
+    w = 1.0 / (1.0 + np.maximum(deg[edges[:, 0]], deg[edges[:, 1]]))
+    rows = np.concatenate([edges[:, 0], edges[:, 1]])
+    cols = np.concatenate([edges[:, 1], edges[:, 0]])
+    off = sp.csr_array((np.concatenate([w, w]), (rows, cols)), shape=(len(nodes), len(nodes)))
+    diag = 1.0 - np.asarray(off.sum(axis=1)).ravel()
+    return sp.csr_array(off + sp.diags_array(diag))
+
+
+def _arpack_start(n: int) -> np.ndarray:
+    """Fixed start vector (orthogonal to the all-ones vector) so results are reproducible."""
+    v0 = np.random.default_rng(0).standard_normal(n)
+    return np.asarray(v0 - v0.mean())
+
+
+def _shift_invert(w: sp.csr_array, sigma: float, deflate: bool) -> float:
+    """Eigenvalue of W nearest ``sigma`` (outside [-1, 1]), optionally ignoring the ones vector."""
+    n = w.shape[0]
+    lu = splu(sp.csc_matrix(w - sigma * sp.identity(n, format="csc")))
+
+    def solve(x: np.ndarray) -> np.ndarray:
+        y = np.asarray(lu.solve(np.asarray(x, dtype=np.float64).ravel()))
+        return y - y.mean() if deflate else y
+
+    op = LinearOperator((n, n), matvec=solve, dtype=np.float64)
+    theta = eigsh(op, k=2, which="LM", v0=_arpack_start(n), return_eigenvectors=False)
+    # theta = 1 / (lambda - sigma); the largest |theta| is the lambda nearest sigma.
+    return float(sigma + 1.0 / theta[np.argmax(np.abs(theta))])
+
+
+def _second_eigen_magnitude(w: sp.csr_array, dense_limit: int) -> float:
+    """|lambda_2|: the largest eigenvalue magnitude of a connected W once its eigenvalue 1
+    (eigenvector: all ones) is removed."""
+    n = w.shape[0]
+    if n <= max(dense_limit, 64):  # tiny matrices: ARPACK needs n > ncv
+        ev = np.linalg.eigvalsh(w.toarray())  # ascending; ev[-1] == 1
+        return float(max(abs(ev[-2]), abs(ev[0])))
+
+    # Plain Lanczos on W - J/n: quick when the gap is not tiny (expanders, random graphs).
+    def deflated(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64).ravel()
+        y: np.ndarray = np.asarray(w @ x) - x.mean()
+        return y
+
+    op = LinearOperator((n, n), matvec=deflated, dtype=np.float64)
+    try:
+        opts = {"ncv": 32, "maxiter": 40, "tol": 1e-12, "return_eigenvectors": False}
+        return float(abs(eigsh(op, k=1, which="LM", v0=_arpack_start(n), **opts)[0]))
+    except ArpackNoConvergence:
+        pass
+    # Tiny gap (rings, tori, bottlenecks): shift-invert just above 1, which converges fast and
+    # factorises cheaply on such lattice-like graphs.
+    delta = 1e-9
+    top = _shift_invert(w, 1.0 + delta, deflate=True)
+    # Gershgorin: lambda_min >= min_i (2 W_ii - 1); skip the second solve when that suffices.
+    if abs(top) >= 1.0 - 2.0 * float(w.diagonal().min()):
+        return abs(top)
+    return max(abs(top), abs(_shift_invert(w, -1.0 - delta, deflate=False)))
+
+
+def spectral_gap(g: nx.Graph, *, dense_limit: int = _DENSE_EIG_LIMIT) -> float:
+    """Spectral gap ``1 - |lambda_2|`` of the Metropolis–Hastings matrix of ``g``; 0 if disconnected.
+
+    See :func:`graph_properties` for what it means. Dense eigensolver up to ``dense_limit``
+    nodes; above, ``scipy.sparse.linalg.eigsh``: Lanczos on W - J/n, falling back to
+    shift-invert just above 1 when the gap is too small for Lanczos to converge.
+    """
+    if g.number_of_nodes() < 2 or not nx.is_connected(g):
+        return 0.0 if g.number_of_nodes() >= 2 else 1.0
+    lam2 = _second_eigen_magnitude(metropolis_matrix(g), dense_limit)
+    return min(1.0, max(0.0, 1.0 - lam2))
+
+
+def _diameter(g: nx.Graph, adj: sp.csr_array) -> tuple[int, bool]:
+    n, m = g.number_of_nodes(), g.number_of_edges()
+    if n * max(m, 1) > _DIAMETER_EXACT_LIMIT:
+        return int(nx.approximation.diameter(g, seed=0)), False
+    best = 0
+    for start in range(0, n, 256):  # chunks bound the n×n distance matrix's memory
+        sources = np.arange(start, min(start + 256, n))
+        dist = csgraph.shortest_path(adj, directed=False, unweighted=True, indices=sources)
+        best = max(best, int(dist.max()))
+    return best, True
+
+
+def _average_clustering(adj: sp.csr_array, deg: np.ndarray) -> float:
+    """Mean local clustering (nodes of degree < 2 count as 0, as in networkx)."""
+    two_triangles = np.asarray((adj @ adj).multiply(adj).sum(axis=1)).ravel()
+    pairs = deg * (deg - 1.0)
+    local = np.divide(two_triangles, pairs, out=np.zeros_like(pairs), where=pairs > 0)
+    return float(local.mean())
+
+
+def graph_properties(g: nx.Graph) -> dict[str, float | int | bool]:
+    """JSON-able summary of a graph (plain Python ints/floats/bools).
+
+    Keys: ``nodes``, ``edges``, ``degree_min``/``degree_mean``/``degree_max``, ``connected``,
+    ``components``; when connected, ``diameter`` and ``diameter_exact`` (exact all-pairs BFS
+    while nodes × edges <= 5e7, else a 2-sweep lower bound and ``diameter_exact`` is False);
+    ``average_clustering`` when the sum of squared degrees is <= 2e7 (omitted above);
+    ``spectral_gap`` and, when it is positive, ``mixing_time_estimate = 1 / spectral_gap``.
+
+    The spectral gap is ``1 - |lambda_2|`` of the Metropolis–Hastings gossip matrix W
+    (:func:`metropolis_matrix`), lambda_2 being the second largest eigenvalue in magnitude
+    (the largest is 1). One synchronous averaging round ``x <- W x`` shrinks the distance to
+    consensus ``||x - mean||`` by at least a factor ``|lambda_2|``, so the mean squared
+    consensus distance decays like ``(1 - gap)^(2t)``, and ``1 / gap`` rounds roughly cut the
+    distance by e. Asynchronous gossip is not exactly this matrix, but the ordering carries
+    over: a larger gap means faster consensus (complete: gap 1, since W = J/n; random
+    regular: a constant; ring: ~ 1/n²). A disconnected graph has gap 0 (no consensus).
+    """
+    n, m = int(g.number_of_nodes()), int(g.number_of_edges())
+    props: dict[str, float | int | bool] = {"nodes": n, "edges": m}
+    if n == 0:
+        props.update(degree_min=0, degree_mean=0.0, degree_max=0, connected=False, components=0)
+        return props
+    nodes = list(g.nodes)
+    deg = np.array([g.degree(v) for v in nodes], dtype=np.float64)
+    props.update(degree_min=int(deg.min()), degree_mean=float(deg.mean()))
+    props["degree_max"] = int(deg.max())
+    connected = bool(nx.is_connected(g))
+    props["connected"] = connected
+    props["components"] = int(nx.number_connected_components(g))
+    adj = sp.csr_array(nx.to_scipy_sparse_array(g, nodelist=nodes, weight=None, dtype=np.float64))
+    adj = sp.csr_array(adj - sp.diags_array(adj.diagonal()))  # self-loops do not count
+    adj.eliminate_zeros()
+    if connected:
+        props["diameter"], props["diameter_exact"] = _diameter(g, adj)
+    if float((deg * deg).sum()) <= _CLUSTERING_LIMIT:
+        props["average_clustering"] = _average_clustering(adj, deg)
+    gap = spectral_gap(g)
+    props["spectral_gap"] = gap
+    if gap > 0:
+        props["mixing_time_estimate"] = 1.0 / gap
+    return props
