@@ -1,0 +1,282 @@
+"""The gossip learning peer: one asyncio program, the same in simulation and in reality.
+
+Every period Δ (with jitter) the peer asks its sampler for a peer and pushes its current
+model through its transport (or pulls, or both). Received models go into a bounded inbox; a
+single worker takes them one at a time, merges (age-weighted by default) and trains on the
+local data. After every change the peer *publishes* an immutable snapshot of its model,
+which is what it sends and what pull requests get, so sending never copies the model and
+never races with training.
+
+Heavy compute goes through a :class:`Compute` runner: a worker thread in a real node (the
+event loop stays responsive), inline in the simulator, optionally costing virtual time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Protocol, TypeVar
+
+import numpy as np
+
+from gossip.errors import ConfigError
+from gossip.learner import Learner
+from gossip.merge import get_merge_rule
+from peers.transport import ModelMessage, ModelSnapshot, SendOutcome, Transport
+from sampling.base import PeerSampler
+
+T = TypeVar("T")
+MODES = ("push", "pull", "push-pull")
+TRAIN_ON = ("receive", "timer", "both")
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """How a peer gossips.
+
+    period: seconds between gossip rounds of this peer (Δ). jitter: each wait is
+    ``period * (1 + jitter * U(-1, 1))``; the first wait is uniform in ``[0, period)`` so that
+    peers are not synchronised. mode: ``push`` (default), ``pull`` or ``push-pull``.
+    merge: merge rule name. local_steps / local_epochs: training per update (epochs wins
+    when set). train_on: ``receive`` (merge then train on every received model, the
+    original protocol), ``timer`` (merge on receipt, train once per period before sending)
+    or ``both``. inbox_size: received models waiting to be merged; beyond it, refused as
+    ``busy`` (HTTP 429 in a real node). train_cost / eval_cost: virtual seconds one training
+    step / one evaluation takes in the simulator (real nodes take what they take).
+    """
+
+    period: float = 1.0
+    jitter: float = 0.1
+    mode: str = "push"
+    merge: str = "age-weighted"
+    local_steps: int = 1
+    local_epochs: float | None = None
+    train_on: str = "receive"
+    inbox_size: int = 16
+    train_cost: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.period > 0:
+            raise ConfigError(f"gossip period must be positive, got {self.period}")
+        if not 0 <= self.jitter < 1:
+            raise ConfigError(f"jitter must be in [0, 1), got {self.jitter}")
+        if self.mode not in MODES:
+            raise ConfigError(
+                f"unknown gossip mode {self.mode!r}; choose one of: {', '.join(MODES)}"
+            )
+        if self.train_on not in TRAIN_ON:
+            raise ConfigError(
+                f"unknown train_on {self.train_on!r}; choose one of: {', '.join(TRAIN_ON)}"
+            )
+        if self.local_steps < 0 or self.inbox_size < 1 or self.train_cost < 0:
+            raise ConfigError("local_steps and train_cost must be >= 0 and inbox_size >= 1")
+        get_merge_rule(self.merge)  # validates the name
+
+
+@dataclass
+class PeerCounters:
+    """Everything a peer does, counted."""
+
+    pushes: int = 0
+    pulls: int = 0
+    send_failed: int = 0
+    send_rejected: int = 0
+    received: int = 0
+    accepted: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    merges: int = 0
+    train_steps: int = 0
+    samples_trained: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {k: v for k, v in vars(self).items() if k != "rejected"}
+        out["rejected"] = dict(sorted(self.rejected.items()))
+        return out
+
+
+class Compute(Protocol):
+    """Runs a peer's heavy work (merge + train, evaluation)."""
+
+    async def run(self, fn: Callable[[], T], cost: float = 0.0) -> T: ...
+
+
+class InlineCompute:
+    """Simulation: run at once on the loop, then let ``cost`` virtual seconds pass."""
+
+    async def run(self, fn: Callable[[], T], cost: float = 0.0) -> T:
+        result = fn()
+        if cost > 0:
+            await asyncio.sleep(cost)
+        return result
+
+
+class ThreadCompute:
+    """Real node: one worker thread, so training never blocks the event loop and merges and
+    training steps of this peer never run concurrently."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gossip-compute")
+
+    async def run(self, fn: Callable[[], T], cost: float = 0.0) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class Peer:
+    """A gossip learning peer: a learner with its aged model, a sampler and a transport."""
+
+    def __init__(
+        self,
+        peer_id: str,
+        learner: Learner,
+        sampler: PeerSampler,
+        transport: Transport,
+        config: PeerConfig,
+        rng: np.random.Generator,
+        compute: Compute | None = None,
+    ) -> None:
+        self.peer_id = peer_id
+        self.learner = learner
+        self.sampler = sampler
+        self.transport = transport
+        self.config = config
+        self.rng = rng
+        self.compute: Compute = compute or InlineCompute()
+        self.merge_rule = get_merge_rule(config.merge)
+        self.counters = PeerCounters()
+        self._inbox: asyncio.Queue[ModelMessage] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._snapshot = self._make_snapshot()
+        transport.attach(self)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks)
+
+    def start(self) -> None:
+        """Start the gossip loop and the inbox worker on the running event loop."""
+        if self._tasks:
+            return
+        self._inbox = asyncio.Queue(maxsize=self.config.inbox_size)
+        self._tasks = [
+            asyncio.create_task(self._gossip_loop(), name=f"gossip:{self.peer_id}"),
+            asyncio.create_task(self._inbox_loop(), name=f"inbox:{self.peer_id}"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop gossiping (a crash or a departure): pending inbox messages are lost, the
+        model and age are kept (crash-recover resumes from them)."""
+        tasks, self._tasks, self._inbox = self._tasks, [], None
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        self.start()
+        try:
+            await asyncio.gather(*self._tasks)
+        finally:
+            await self.stop()
+
+    # ------------------------------------------------------------------ receiving
+
+    def offer(self, message: ModelMessage) -> str | None:
+        """Called by the transport with a decoded, validated model. None if queued, else why not."""
+        self.counters.received += 1
+        reason: str | None = None
+        if self._inbox is None:
+            reason = "offline"
+        elif self._inbox.full():
+            reason = "busy"
+        else:
+            self._inbox.put_nowait(message)
+        if reason is None:
+            self.counters.accepted += 1
+            self.sampler.report_alive(message.sender)
+        else:
+            self.counters.rejected[reason] += 1
+        return reason
+
+    def published(self) -> ModelSnapshot:
+        return self._snapshot
+
+    # ------------------------------------------------------------------ work
+
+    def _make_snapshot(self) -> ModelSnapshot:
+        flat, age = self.learner.state.snapshot()
+        return ModelSnapshot(self.peer_id, flat, age)
+
+    def _train(self) -> None:
+        c = self.config
+        if c.local_steps == 0 and c.local_epochs is None:
+            return
+        stats = self.learner.train(steps=c.local_steps, epochs=c.local_epochs)
+        self.counters.train_steps += stats.steps
+        self.counters.samples_trained += stats.samples
+
+    def _merge_and_train(self, message: ModelMessage) -> None:
+        state = self.learner.state
+        # With the ``none`` rule the receipt still triggers training, so that peers training
+        # alone get exactly as many steps as gossiping ones: a fair baseline.
+        state.age = int(self.merge_rule.merge_(state.flat, state.age, message.flat, message.age))
+        self.counters.merges += int(self.merge_rule.merges)
+        if self.config.train_on in ("receive", "both"):
+            self._train()
+        self._snapshot = self._make_snapshot()
+
+    def _train_and_publish(self) -> None:
+        self._train()
+        self._snapshot = self._make_snapshot()
+
+    def _train_cost(self) -> float:
+        return self.config.train_cost * self.config.local_steps
+
+    async def _inbox_loop(self) -> None:
+        inbox = self._inbox
+        assert inbox is not None
+        while True:
+            message = await inbox.get()
+            await self.compute.run(partial(self._merge_and_train, message), self._train_cost())
+
+    async def _gossip_loop(self) -> None:
+        c = self.config
+        await asyncio.sleep(c.period * float(self.rng.random()))
+        while True:
+            if c.train_on in ("timer", "both"):
+                await self.compute.run(self._train_and_publish, self._train_cost())
+            target = self.sampler.select()
+            if target is not None:
+                await self._exchange(target)
+            await asyncio.sleep(
+                c.period * (1.0 + c.jitter * (2.0 * float(self.rng.random()) - 1.0))
+            )
+
+    async def _exchange(self, target: str) -> None:
+        if self.config.mode in ("push", "push-pull"):
+            self.counters.pushes += 1
+            outcome = await self.transport.push(target, self._snapshot)
+            if outcome is SendOutcome.FAILED:
+                self.counters.send_failed += 1
+                self.sampler.report_failure(target)
+            elif outcome is SendOutcome.REJECTED:
+                self.counters.send_rejected += 1
+        if self.config.mode in ("pull", "push-pull"):
+            self.counters.pulls += 1
+            message = await self.transport.pull(target)
+            if message is None:
+                self.counters.send_failed += 1
+                self.sampler.report_failure(target)
+            else:
+                self.offer(message)

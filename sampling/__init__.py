@@ -1,0 +1,1 @@
+"""Peer sampling services: which peer to gossip with next."""

@@ -1,0 +1,180 @@
+"""The asyncio Peer on the virtual-time loop, over the simulated network (real codec)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from gossip.errors import ConfigError
+from gossip.learner import Learner, LearnerConfig, LocalData
+from peers.peer import Peer, PeerConfig
+from peers.transport import ModelMessage
+from sampling.uniform import UniformSampler
+from sim.clock import run_virtual
+from sim.network import NetworkConfig, SimNetwork
+
+X = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+Y = (X[:, 0] > 0).long()
+
+
+def _peers(
+    n: int = 2,
+    config: PeerConfig | None = None,
+    net: NetworkConfig | None = None,
+    data: list[torch.Tensor] | None = None,
+) -> tuple[list[Peer], SimNetwork]:
+    ids = [f"p{i}" for i in range(n)]
+    peers: list[Peer] = []
+    network = None
+    for i in range(n):
+        torch.manual_seed(0)
+        rows = data[i] if data else torch.arange(i, 64, n)
+        learner = Learner(
+            nn.Linear(4, 2),
+            LocalData(X, Y, rows),
+            LearnerConfig(lr=0.1, batch_size=8, device="cpu"),
+            seed=i,
+        )
+        if network is None:
+            network = SimNetwork(
+                net or NetworkConfig(delay="0.01", codec="fp32"),
+                learner.state.schema,
+                np.random.default_rng(0),
+            )
+        rng = np.random.default_rng(100 + i)
+        peer = Peer(
+            ids[i],
+            learner,
+            UniformSampler(ids[i], ids, rng),
+            network.transport(ids[i]),
+            config or PeerConfig(),
+            rng,
+        )
+        peers.append(peer)
+        network.online.add(ids[i])
+    assert network is not None
+    return peers, network
+
+
+async def _run_for(peers: list[Peer], seconds: float) -> None:
+    for p in peers:
+        p.start()
+    await asyncio.sleep(seconds)
+    await asyncio.gather(*(p.stop() for p in peers))
+
+
+def test_two_peers_exchange_and_both_ages_grow() -> None:
+    peers, network = _peers()
+    run_virtual(_run_for(peers, 10.0))
+    for p in peers:
+        assert p.counters.pushes >= 9
+        assert p.counters.merges >= 8
+        assert p.learner.state.age > 0
+    assert network.stats.delivered == sum(p.counters.accepted for p in peers)
+    assert network.stats.balanced()
+
+
+def test_received_model_is_merged_by_age() -> None:
+    (peer,), _ = _peers(1, PeerConfig(local_steps=0))
+    peer.learner.state.flat.zero_()
+    peer.learner.state.age = 10
+
+    async def scenario() -> None:
+        peer.start()
+        assert (
+            peer.offer(ModelMessage("p9", 30, torch.ones_like(peer.learner.state.flat), 100))
+            is None
+        )
+        await asyncio.sleep(0)  # let the inbox worker run
+        await asyncio.sleep(0)
+        await peer.stop()
+
+    run_virtual(scenario())
+    assert torch.allclose(peer.learner.state.flat, torch.full_like(peer.learner.state.flat, 0.75))
+    assert peer.learner.state.age == 30
+    assert peer.published().age == 30  # the published snapshot follows the merge
+
+
+def test_full_inbox_refuses_as_busy_and_offline_peer_refuses() -> None:
+    (peer,), _ = _peers(1, PeerConfig(inbox_size=2))
+    msg = ModelMessage("p9", 1, peer.learner.state.flat.clone(), 10)
+    assert peer.offer(msg) == "offline"
+
+    async def scenario() -> list[str | None]:
+        peer.start()
+        outcomes = [peer.offer(msg) for _ in range(4)]  # the worker has not run yet
+        await peer.stop()
+        return outcomes
+
+    assert run_virtual(scenario()) == [None, None, "busy", "busy"]
+    assert peer.counters.rejected == {"offline": 1, "busy": 2}
+
+
+def test_stop_keeps_the_model_and_restart_resumes() -> None:
+    peers, _ = _peers()
+    run_virtual(_run_for(peers, 5.0))
+    age, flat = peers[0].learner.state.age, peers[0].learner.state.flat.clone()
+    assert not peers[0].running
+    run_virtual(_run_for(peers, 5.0))
+    assert peers[0].learner.state.age > age
+    assert not torch.equal(peers[0].learner.state.flat, flat)
+
+
+def test_sending_shares_the_published_snapshot_without_copying() -> None:
+    peers, _ = _peers()
+    snap = peers[0].published()
+    assert snap.flat.data_ptr() != peers[0].learner.state.flat.data_ptr()  # immutable copy
+    assert peers[0].published() is snap  # nothing changed: the same object is sent again
+
+
+@pytest.mark.parametrize("mode", ["pull", "push-pull"])
+def test_pull_modes_fetch_models(mode: str) -> None:
+    peers, network = _peers(3, PeerConfig(mode=mode))
+    run_virtual(_run_for(peers, 10.0))
+    assert all(p.counters.pulls >= 9 for p in peers)
+    assert all(p.counters.merges > 0 for p in peers)
+    assert network.stats.balanced()
+
+
+def test_timer_training_trains_without_receipts() -> None:
+    # Alone in the network: nothing is ever received, yet it trains once per period.
+    (peer,), _ = _peers(1, PeerConfig(train_on="timer", local_steps=2))
+    run_virtual(_run_for([peer], 10.5))
+    assert peer.counters.merges == 0
+    assert peer.counters.train_steps == 2 * 10 and peer.learner.state.age == 2 * 10 * 8
+
+
+def test_merge_none_trains_without_merging() -> None:
+    peers, _ = _peers(2, PeerConfig(merge="none"))
+    run_virtual(_run_for(peers, 10.0))
+    for p in peers:
+        assert p.counters.merges == 0
+        assert p.counters.train_steps >= 8  # still trains on every receipt
+
+
+def test_unreachable_peer_is_reported_to_the_sampler() -> None:
+    peers, network = _peers(2, PeerConfig(mode="pull"))
+    network.online.discard("p1")  # p1 never starts: pulls from it fail
+    run_virtual(_run_for(peers[:1], 5.0))
+    assert peers[0].counters.send_failed >= 4
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"period": 0},
+        {"jitter": 1.0},
+        {"mode": "gossip"},
+        {"train_on": "never"},
+        {"merge": "median"},
+        {"inbox_size": 0},
+    ],
+)
+def test_bad_peer_config_is_one_line(kw: dict[str, object]) -> None:
+    with pytest.raises(ConfigError) as e:
+        PeerConfig(**kw)  # type: ignore[arg-type]
+    assert "\n" not in str(e.value)
