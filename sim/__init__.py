@@ -1,0 +1,1 @@
+"""Simulation of many peers in one process, and the ``gossip-sim`` CLI."""

@@ -1,0 +1,211 @@
+"""``gossip-sim``: run, compare and inspect gossip learning simulations.
+
+Every :class:`~sim.config.SimConfig` field is a flag of ``run``, ``compare`` and
+``centralized`` (generated from the dataclass, so flags, TOML files and config.json always
+agree). Heavy imports (torch, the simulator) happen inside the commands, so that
+``gossip-sim --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import typing
+from collections.abc import Callable
+from dataclasses import fields
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gossip.errors import GossipError
+from sim.config import FIELD_HELP, SimConfig
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=False,
+    invoke_without_command=True,
+    help="Simulate gossip learning: hundreds to thousands of peers in one process, in virtual time.",
+    pretty_exceptions_enable=False,
+)
+
+F = typing.TypeVar("F", bound=Callable[..., Any])
+
+
+def _config_parameters() -> list[inspect.Parameter]:
+    hints = typing.get_type_hints(SimConfig)
+    params = []
+    for f in fields(SimConfig):
+        option = typer.Option(help=FIELD_HELP.get(f.name, ""), rich_help_panel="Simulation")
+        params.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=f.default,
+                annotation=Annotated[hints[f.name], option],
+            )
+        )
+    return params
+
+
+def with_config_options(fn: F) -> F:
+    """Add one flag per SimConfig field to a command; they arrive in ``**config_fields``."""
+    sig = inspect.signature(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)  # resolve the string annotations
+    own = [
+        p.replace(annotation=hints.get(p.name, p.annotation))
+        for p in sig.parameters.values()
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    fn.__signature__ = sig.replace(parameters=[*own, *_config_parameters()])  # type: ignore[attr-defined]
+    return fn
+
+
+def build_config(
+    ctx: typer.Context, config_file: Path | None, values: dict[str, Any], **forced: Any
+) -> SimConfig:
+    """SimConfig from defaults < TOML file < flags given on the command line < ``forced``."""
+    # Compared by name: typer ships its own copy of click, whose enum we do not import.
+    given = {
+        k: v
+        for k, v in values.items()
+        if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"
+    }
+    if config_file is not None:
+        return SimConfig.from_toml(config_file, **given, **forced)
+    return SimConfig(**{**values, **forced})
+
+
+def _default_out(kind: str) -> Path:
+    return Path("runs") / f"{kind}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _fail(e: GossipError) -> typing.NoReturn:
+    typer.secho(f"error: {e}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="TOML file with the same fields (flags win)")
+]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", help="output directory (default: runs/<kind>-<time>)")
+]
+
+
+@app.callback()
+def main_callback(ctx: typer.Context) -> None:
+    """With no command, run the default simulation (100 peers learning digits by gossip)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(run)
+
+
+@app.command()
+@with_config_options
+def run(
+    ctx: typer.Context,
+    config_file: ConfigOpt = None,
+    out: OutOpt = None,
+    baseline: Annotated[bool, typer.Option(help="also train the centralized reference")] = True,
+    quiet: Annotated[bool, typer.Option(help="no progress output")] = False,
+    **config_fields: Any,
+) -> None:
+    """Run one simulation; write metrics.jsonl, config.json, summary.json and plots."""
+    from sim.report import run_with_report
+
+    values = config_fields or {f.name: f.default for f in fields(SimConfig)}
+    try:
+        config = build_config(ctx, config_file, values)
+        run_with_report(config, out or _default_out("sim"), baseline=baseline, quiet=quiet)
+    except GossipError as e:
+        _fail(e)
+
+
+@app.command()
+@with_config_options
+def compare(
+    ctx: typer.Context,
+    topologies: Annotated[
+        str,
+        typer.Option(help="comma-separated topologies to compare, e.g. complete,ring,regular:4"),
+    ] = "",
+    merges: Annotated[
+        str, typer.Option(help="comma-separated merge rules to compare instead")
+    ] = "",
+    config_file: ConfigOpt = None,
+    out: OutOpt = None,
+    baseline: Annotated[bool, typer.Option(help="also train the centralized reference")] = True,
+    **config_fields: Any,
+) -> None:
+    """Run the same scenario over several topologies (or merge rules); one table, one plot."""
+    from sim.report import compare_with_report
+
+    try:
+        if bool(topologies) == bool(merges):
+            raise GossipError(
+                "give exactly one of --topologies or --merges, e.g. --topologies complete,ring"
+            )
+        config = build_config(ctx, config_file, config_fields)
+        field, values = ("topology", topologies) if topologies else ("merge", merges)
+        variants = [v.strip() for v in values.split(",") if v.strip()]
+        compare_with_report(
+            config, field, variants, out or _default_out("compare"), baseline=baseline
+        )
+    except GossipError as e:
+        _fail(e)
+
+
+@app.command()
+@with_config_options
+def centralized(
+    ctx: typer.Context,
+    epochs: Annotated[int, typer.Option(help="passes over the whole training set")] = 30,
+    config_file: ConfigOpt = None,
+    **config_fields: Any,
+) -> None:
+    """Train the same model on all the data in one place: the reference line."""
+    from sim.report import centralized_with_report
+
+    try:
+        centralized_with_report(build_config(ctx, config_file, config_fields), epochs)
+    except GossipError as e:
+        _fail(e)
+
+
+@app.command()
+def topologies() -> None:
+    """List the topologies and their parameters."""
+    from sim.topology import TOPOLOGIES
+
+    for info in TOPOLOGIES.values():
+        name = f"{info.name}{':' + info.params if info.params else ''}"
+        typer.echo(f"{name:28s} {info.description}")
+
+
+@app.command()
+def datasets() -> None:
+    """List the datasets, where they are looked for and how to get them."""
+    from gossip.datasets import DATASETS
+
+    for name, info in DATASETS.items():
+        typer.echo(
+            f"{name:14s} {info.description}\n{'':14s} from: {info.default_location}; get: {info.how_to_get}"
+        )
+
+
+@app.command()
+def models() -> None:
+    """List the models."""
+    from gossip.models import MODELS
+
+    for name, info in MODELS.items():
+        typer.echo(f"{name:10s} {info.description}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,184 @@
+"""The configuration of one simulation: one frozen dataclass, buildable from flags or TOML."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gossip.errors import ConfigError
+
+if TYPE_CHECKING:  # the CLI imports this module for --help: keep torch out of it
+    from gossip.learner import LearnerConfig
+    from peers.peer import PeerConfig
+    from sim.network import NetworkConfig
+
+SAMPLERS = ("neighbours", "uniform")
+
+# One line of help per field: the CLI flags and the README are generated from it.
+FIELD_HELP: dict[str, str] = {
+    "peers": "number of peers",
+    "topology": "graph the peers gossip over (see `gossip-sim topologies`)",
+    "sampler": "neighbours: gossip along topology edges; uniform: any peer",
+    "allow_disconnected": "accept a disconnected topology instead of refusing it",
+    "dataset": "digits, mnist, fashion-mnist, cifar10, cifar100, mnist1d, shakespeare, npz:PATH",
+    "data_dir": "directory holding the dataset files (default: the dataset's usual place)",
+    "partition": "iid, dirichlet:ALPHA, shards:K or natural",
+    "model": "logreg, mlp, cnn, resnet18 or charlstm",
+    "merge": "age-weighted, average, replace or none (peers train alone)",
+    "mode": "push, pull or push-pull",
+    "train_on": "receive (merge then train), timer (train once per period) or both",
+    "local_steps": "SGD steps per update",
+    "batch_size": "samples per local step",
+    "lr": "learning rate",
+    "optimizer": "sgd or adam",
+    "periods": "run length in gossip periods",
+    "period": "gossip period in virtual seconds",
+    "jitter": "relative jitter of each period, in [0, 1)",
+    "delay": "one-way delay: D, uniform:LO:HI or exponential:MEAN (seconds)",
+    "loss": "probability that a message is lost",
+    "bandwidth": "bytes per second per message, 0 = unlimited",
+    "codec": "off (hand models over in memory), fp32, fp16 or int8 (really encode and decode)",
+    "partitions": "network partitions: none or split:START:END[:GROUPS],...",
+    "churn": "none, markov:ONLINE:SESSION, crash:T:FRACTION, crash-recover:T:FRACTION:DOWNTIME",
+    "train_cost": "virtual seconds one local training step takes",
+    "eval_every": "evaluate every this many periods",
+    "eval_peers": "peers evaluated at each point (0 = all)",
+    "seed": "the seed all randomness derives from",
+    "threads": "torch CPU threads (1 is fastest for small models and reproducible)",
+    "device": "cpu, cuda, cuda:N or auto",
+}
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything that defines a simulation run (and nothing that does not: no paths to
+    outputs, no wall clock), so ``config.json`` is enough to rerun it bit for bit.
+
+    peers: number of peers. topology: graph spec (``gossip-sim topologies``).
+    sampler: ``neighbours`` (gossip along the topology's edges) or ``uniform`` (any peer).
+    dataset / data_dir / partition: the data and how it is split over peers.
+    model / merge / mode / train_on / local_steps / batch_size / lr / optimizer: learning.
+    periods / period / jitter: run length is ``periods * period`` virtual seconds.
+    delay / loss / bandwidth / codec / partitions / churn: the network and its failures.
+    train_cost: virtual seconds per local training step.
+    eval_every: periods between evaluations. eval_peers: peers evaluated (0 = all).
+    seed: the only source of randomness. threads: torch CPU threads (1 keeps runs fast
+    and bit-for-bit reproducible).
+    """
+
+    peers: int = 100
+    topology: str = "regular:4"
+    sampler: str = "neighbours"
+    allow_disconnected: bool = False
+    dataset: str = "digits"
+    data_dir: str | None = None
+    partition: str = "iid"
+    model: str = "mlp"
+    merge: str = "age-weighted"
+    mode: str = "push"
+    train_on: str = "receive"
+    local_steps: int = 1
+    batch_size: int = 32
+    lr: float = 0.5
+    optimizer: str = "sgd"
+    periods: int = 200
+    period: float = 1.0
+    jitter: float = 0.1
+    delay: str = "uniform:0.01:0.1"
+    loss: float = 0.0
+    bandwidth: float = 0.0
+    codec: str = "off"
+    partitions: str = "none"
+    churn: str = "none"
+    train_cost: float = 0.0
+    eval_every: int = 10
+    eval_peers: int = 0
+    seed: int = 0
+    threads: int = 1
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.peers < 2:
+            raise ConfigError(f"a simulation needs at least 2 peers, got {self.peers}")
+        if self.periods < 1 or self.eval_every < 1:
+            raise ConfigError("periods and eval_every must be at least 1")
+        if self.eval_peers < 0 or self.threads < 1:
+            raise ConfigError("eval_peers must be >= 0 (0 = all) and threads >= 1")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(
+                f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}"
+            )
+        from gossip.partition import parse_partition
+        from sim.churn import parse_churn
+        from sim.topology import parse_topology
+
+        parse_topology(self.topology)
+        parse_partition(self.partition)
+        parse_churn(self.churn)
+        self.peer_config()
+        self.learner_config()
+        self.network_config()
+
+    def peer_config(self) -> PeerConfig:
+        from peers.peer import PeerConfig
+
+        return PeerConfig(
+            period=self.period,
+            jitter=self.jitter,
+            mode=self.mode,
+            merge=self.merge,
+            local_steps=self.local_steps,
+            train_on=self.train_on,
+            train_cost=self.train_cost,
+        )
+
+    def learner_config(self) -> LearnerConfig:
+        from gossip.learner import LearnerConfig
+
+        return LearnerConfig(
+            optimizer=self.optimizer, lr=self.lr, batch_size=self.batch_size, device=self.device
+        )
+
+    def network_config(self) -> NetworkConfig:
+        from sim.network import NetworkConfig
+
+        return NetworkConfig(
+            delay=self.delay,
+            loss=self.loss,
+            bandwidth=self.bandwidth,
+            codec=self.codec,
+            partitions=self.partitions,
+        )
+
+    @property
+    def duration(self) -> float:
+        return self.periods * self.period
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> SimConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> SimConfig:
+        """Read the same fields from a TOML file (top level or a ``[sim]`` table);
+        ``overrides`` (flags given on the command line) win."""
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        table = raw.get("sim", raw)
+        unknown = sorted(set(table) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(f"config file {path}: unknown field(s) {', '.join(unknown)}")
+        return cls(**{**table, **overrides})

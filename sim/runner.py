@@ -1,0 +1,225 @@
+"""Build and run one simulation: dataset, partition, topology, peers, network, churn, observer.
+
+All randomness derives from ``config.seed`` through one ``numpy.random.SeedSequence``, split
+into independent streams (partition, topology, network, churn, evaluation sample, one per
+peer), so a run is reproducible bit for bit and changing, say, the loss rate does not change
+which data each peer holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import torch
+
+from gossip.datasets import Dataset, load_dataset
+from gossip.learner import Learner, LocalData, resolve_device
+from gossip.models import build_model
+from gossip.partition import label_distribution, partition
+from peers.peer import Peer
+from sampling.uniform import NeighbourSampler, UniformSampler
+from sim.churn import ChurnController, parse_churn
+from sim.clock import run_virtual
+from sim.config import SimConfig
+from sim.network import SimNetwork
+from sim.observer import MetricsObserver
+from sim.topology import build_topology, graph_properties
+
+Record = dict[str, Any]
+Progress = Callable[[float, Record | None], None]  # (virtual time, new record or None)
+
+
+@dataclass
+class World:
+    """Everything one simulation consists of, built and ready to run."""
+
+    config: SimConfig
+    dataset: Dataset
+    parts: list[np.ndarray]
+    graph: nx.Graph
+    peers: list[Peer]
+    network: SimNetwork
+    churn: ChurnController
+    observer: MetricsObserver
+
+
+@dataclass
+class SimResult:
+    config: SimConfig
+    records: list[Record]
+    summary: dict[str, Any]
+    world: World = field(repr=False)
+
+    @property
+    def final(self) -> Record:
+        return self.records[-1]
+
+
+def peer_id(i: int) -> str:
+    return f"p{i}"
+
+
+def build_world(config: SimConfig, dataset: Dataset | None = None) -> World:
+    """Create the peers of ``config`` (optionally on an already loaded dataset)."""
+    torch.set_num_threads(config.threads)
+    streams = np.random.SeedSequence(config.seed).spawn(5 + config.peers)
+    rng_part, rng_topo, rng_net, rng_churn, rng_eval = (
+        np.random.default_rng(s) for s in streams[:5]
+    )
+    peer_streams = streams[5:]
+
+    data = dataset or load_dataset(config.dataset, root=config.data_dir, seed=config.seed)
+    graph = build_topology(
+        config.topology, config.peers, rng_topo, allow_disconnected=config.allow_disconnected
+    )
+    parts = partition(
+        data.y_train.numpy(), config.peers, config.partition, rng_part, groups=data.groups_train
+    )
+
+    device = resolve_device(config.device)
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    ids = [peer_id(i) for i in range(config.peers)]
+    network: SimNetwork | None = None
+    peers: list[Peer] = []
+    peer_cfg, learner_cfg = config.peer_config(), config.learner_config()
+    for i in range(config.peers):
+        # Every peer starts from the same initial model, as in Gossip Learning.
+        model = build_model(
+            config.model,
+            data.input_shape,
+            data.num_classes,
+            vocab_size=data.vocab_size,
+            generator_seed=config.seed,
+        )
+        torch_seed = int(peer_streams[i].generate_state(1)[0])
+        local = LocalData(x_train, y_train, torch.as_tensor(parts[i], device=device))
+        learner = Learner(model, local, learner_cfg, seed=torch_seed)
+        if network is None:
+            network = SimNetwork(config.network_config(), learner.state.schema, rng_net)
+        rng = np.random.default_rng(peer_streams[i])
+        if config.sampler == "uniform":
+            sampler: UniformSampler = UniformSampler(ids[i], ids, rng)
+        else:
+            sampler = NeighbourSampler(ids[i], [ids[j] for j in sorted(graph.neighbors(i))], rng)
+        peers.append(Peer(ids[i], learner, sampler, network.transport(ids[i]), peer_cfg, rng))
+    assert network is not None
+    churn = ChurnController(parse_churn(config.churn), peers, network, rng_churn)
+    k = config.eval_peers
+    eval_idx = (
+        range(config.peers)
+        if k == 0 or k >= config.peers
+        else sorted(rng_eval.choice(config.peers, k, replace=False).tolist())
+    )
+    observer = MetricsObserver(
+        peers, network, data.x_test.to(device), data.y_test.to(device), list(eval_idx)
+    )
+    return World(config, data, parts, graph, peers, network, churn, observer)
+
+
+def evaluation_times(config: SimConfig) -> list[tuple[float, int]]:
+    """(virtual time, period) of every evaluation point, from 0 to the end inclusive."""
+    periods = [*range(0, config.periods, config.eval_every), config.periods]
+    return [(p * config.period, p) for p in periods]
+
+
+async def _simulate(world: World, progress: Progress | None) -> list[Record]:
+    loop = asyncio.get_running_loop()
+    world.churn.start()
+    records: list[Record] = []
+    ticker = None
+    if progress is not None:
+
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(world.config.period)
+                progress(loop.time(), None)
+
+        ticker = asyncio.create_task(tick())
+    for t, period in evaluation_times(world.config):
+        await asyncio.sleep(max(0.0, t - loop.time()))
+        record = world.observer.record(loop.time(), period)
+        records.append(record)
+        if progress is not None:
+            progress(loop.time(), record)
+    if ticker is not None:
+        ticker.cancel()
+    await asyncio.gather(*(p.stop() for p in world.peers))
+    return records
+
+
+def summarise(world: World, records: list[Record], wall_s: float) -> dict[str, Any]:
+    final = records[-1]
+    merges = final["merges"]
+    dist = label_distribution(world.dataset.y_train.numpy(), world.parts, world.dataset.num_classes)
+    return {
+        "final": final,
+        "wall_s": round(wall_s, 3),
+        "peer_updates": merges,
+        "peer_updates_per_s": round(merges / wall_s, 1) if wall_s > 0 else None,
+        "graph": graph_properties(world.graph),
+        "dataset": world.dataset.describe(),
+        "samples_per_peer": {
+            "min": int(dist.sum(1).min()),
+            "mean": float(dist.sum(1).mean()),
+            "max": int(dist.sum(1).max()),
+        },
+        "classes_per_peer_mean": float((dist > 0).sum(1).mean()),
+        "message_accounting_balanced": world.network.stats.balanced(),
+        "schema_hash": world.network.schema.hash,
+    }
+
+
+def run_simulation(
+    config: SimConfig,
+    out_dir: str | Path | None = None,
+    progress: Progress | None = None,
+    dataset: Dataset | None = None,
+) -> SimResult:
+    """Run one simulation; with ``out_dir``, write metrics.jsonl, config.json, summary.json
+    and the plots there."""
+    return run_world(build_world(config, dataset), out_dir, progress)
+
+
+def run_world(
+    world: World, out_dir: str | Path | None = None, progress: Progress | None = None
+) -> SimResult:
+    """Run an already built world (see :func:`build_world`)."""
+    config = world.config
+    start = time.perf_counter()
+    records = run_virtual(_simulate(world, progress))
+    wall = time.perf_counter() - start
+    summary = summarise(world, records, wall)
+    result = SimResult(config, records, summary, world)
+    if out_dir is not None:
+        write_outputs(result, Path(out_dir))
+    return result
+
+
+def write_outputs(result: SimResult, out: Path) -> None:
+    """metrics.jsonl (deterministic), config.json (to rerun), summary.json (with wall time), PNGs."""
+    from sim.plots import plot_run
+
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "metrics.jsonl").open("w") as f:
+        for record in result.records:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+    (out / "config.json").write_text(
+        json.dumps(result.config.as_dict(), indent=2, sort_keys=True) + "\n"
+    )
+    (out / "summary.json").write_text(json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
+    plot_run(result.records, out, title=describe_run(result.config))
+
+
+def describe_run(config: SimConfig) -> str:
+    return (
+        f"{config.peers} peers, {config.topology}, {config.dataset}/{config.partition}, "
+        f"{config.model}, merge={config.merge}"
+    )

@@ -1,0 +1,204 @@
+"""The simulator: reproducible bit for bit, balanced accounting, and the expected directions.
+
+Scenarios are small (digits, tens of peers, tens of periods) so that the whole file runs in
+well under a minute; the convergence checks that need 100 peers are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gossip.datasets import Dataset, load_dataset
+from sim.centralized import train_centralized
+from sim.config import SimConfig
+from sim.runner import SimResult, run_simulation
+
+DIGITS = load_dataset("digits")
+SMALL = SimConfig(peers=16, periods=20, eval_every=5, model="logreg", lr=0.5, topology="regular:4")
+
+
+def _run(config: SimConfig, out: Path | None = None, dataset: Dataset = DIGITS) -> SimResult:
+    return run_simulation(config, out, dataset=dataset)
+
+
+def _balanced(result: SimResult) -> bool:
+    f = result.final
+    return f["messages_sent"] == (
+        f["messages_delivered"]
+        + f["messages_dropped"]
+        + f["messages_rejected"]
+        + f["messages_in_flight"]
+    )
+
+
+def test_same_seed_gives_byte_identical_metrics_and_parameters(tmp_path: Path) -> None:
+    config = SMALL.replace(loss=0.1, churn="markov:0.8:5", delay="exponential:0.2")
+    a, b = _run(config, tmp_path / "a"), _run(config, tmp_path / "b")
+    assert (tmp_path / "a" / "metrics.jsonl").read_bytes() == (
+        tmp_path / "b" / "metrics.jsonl"
+    ).read_bytes()
+    hashes_a = [p.learner.state.param_hash() for p in a.world.peers]
+    assert hashes_a == [p.learner.state.param_hash() for p in b.world.peers]
+    c = _run(config.replace(seed=1))
+    assert [p.learner.state.param_hash() for p in c.world.peers] != hashes_a
+
+
+def test_outputs_are_written(tmp_path: Path) -> None:
+    _run(SMALL, tmp_path)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["period"] for r in records] == [0, 5, 10, 15, 20]
+    for key in (
+        "time",
+        "acc_mean",
+        "acc_min",
+        "acc_max",
+        "consensus",
+        "messages_sent",
+        "bytes_sent",
+    ):
+        assert key in records[-1]
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert SimConfig(**config) == SMALL  # enough to rerun
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["wall_s"] > 0 and summary["graph"]["nodes"] == 16
+    for png in ("accuracy.png", "consensus.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_learning_happens() -> None:
+    result = _run(SMALL)
+    first, last = result.records[0], result.final
+    assert first["acc_mean"] < 0.2 and last["acc_mean"] > 0.7
+    assert last["age_min"] > 0 and last["merges"] > 0
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"loss": 0.3},
+        {"churn": "markov:0.6:4"},
+        {"churn": "crash:5:0.25"},
+        {"churn": "crash-recover:5:0.5:5"},
+        {"partitions": "split:3:12:3"},
+        {"mode": "push-pull", "loss": 0.2},
+        {"codec": "int8", "loss": 0.1},
+        {"delay": "exponential:2.0"},
+    ],
+)
+def test_message_accounting_balances(changes: dict[str, object]) -> None:
+    result = _run(SMALL.replace(**changes))
+    assert _balanced(result)
+    assert result.summary["message_accounting_balanced"]
+    assert result.final["messages_sent"] > 0
+
+
+def test_loss_drops_messages_and_slows_learning() -> None:
+    base, lossy = _run(SMALL), _run(SMALL.replace(loss=0.5))
+    assert lossy.final["dropped_by_reason"]["loss"] > 0.4 * lossy.final["messages_sent"]
+    assert lossy.final["age_mean"] < base.final["age_mean"]  # fewer receipts, fewer updates
+    assert lossy.records[2]["acc_mean"] < base.records[2]["acc_mean"]
+
+
+def test_delay_leaves_messages_in_flight_and_slows_learning() -> None:
+    base, slow = _run(SMALL), _run(SMALL.replace(delay="constant:3.0"))
+    assert slow.final["messages_in_flight"] > base.final["messages_in_flight"]
+    assert slow.records[1]["acc_mean"] < base.records[1]["acc_mean"]
+
+
+def test_partition_drops_cross_messages_and_slows_consensus() -> None:
+    config = SMALL.replace(topology="complete", periods=20)
+    base, split = _run(config), _run(config.replace(partitions="split:0:20:2"))
+    assert split.final["dropped_by_reason"]["partition"] > 0
+    assert split.final["consensus"] > base.final["consensus"]
+
+
+def test_churn_takes_peers_offline_and_slows_learning() -> None:
+    base, churny = _run(SMALL), _run(SMALL.replace(churn="markov:0.5:3"))
+    assert churny.final["dropped_by_reason"].get("offline", 0) > 0
+    assert min(r["peers_online"] for r in churny.records) < SMALL.peers
+    assert churny.final["age_mean"] < base.final["age_mean"]
+
+
+def test_crash_stop_keeps_peers_down_and_crash_recover_brings_them_back() -> None:
+    crash = _run(SMALL.replace(churn="crash:5:0.25"))
+    assert crash.final["peers_online"] == 12
+    recover = _run(SMALL.replace(churn="crash-recover:5:0.25:3"))
+    assert recover.records[-1]["peers_online"] == 16
+
+
+def test_real_fp32_codec_changes_nothing_but_bytes() -> None:
+    off, fp32 = _run(SMALL), _run(SMALL.replace(codec="fp32"))
+    assert [r["acc_mean"] for r in off.records] == [r["acc_mean"] for r in fp32.records]
+    assert [p.learner.state.param_hash() for p in off.world.peers] == [
+        p.learner.state.param_hash() for p in fp32.world.peers
+    ]
+    assert fp32.final["bytes_sent"] > 0 and fp32.final["messages_rejected"] == 0
+
+
+def test_int8_codec_sends_about_a_quarter_of_the_bytes() -> None:
+    fp32, int8 = _run(SMALL.replace(codec="fp32")), _run(SMALL.replace(codec="int8"))
+    ratio = (
+        int8.final["bytes_sent"]
+        / int8.final["messages_sent"]
+        / (fp32.final["bytes_sent"] / fp32.final["messages_sent"])
+    )
+    # A quarter of the tensor bytes, plus a header that is a visible share for a 650-value model.
+    assert 0.25 < ratio < 0.4
+    assert int8.final["acc_mean"] > 0.6
+
+
+def test_consensus_shrinks_faster_on_complete_than_ring() -> None:
+    config = SMALL.replace(peers=32, periods=20, lr=0.5)
+    complete, ring = (
+        _run(config.replace(topology="complete")),
+        _run(config.replace(topology="ring")),
+    )
+    assert complete.final["consensus"] < 0.5 * ring.final["consensus"]
+    assert complete.summary["graph"]["spectral_gap"] > ring.summary["graph"]["spectral_gap"]
+
+
+def test_eval_peers_samples_a_fixed_subset() -> None:
+    result = _run(SMALL.replace(eval_peers=5))
+    assert result.final["peers_evaluated"] == 5
+
+
+@pytest.mark.slow
+def test_iid_gossip_comes_within_five_points_of_centralized() -> None:
+    config = SimConfig(
+        peers=100,
+        topology="regular:4",
+        model="mlp",
+        partition="iid",
+        periods=300,
+        lr=0.5,
+        eval_every=100,
+        eval_peers=0,
+    )
+    gossip = _run(config)
+    central = train_centralized(config, dataset=DIGITS)
+    assert gossip.final["acc_mean"] >= central.accuracy - 0.05, (
+        gossip.final["acc_mean"],
+        central.accuracy,
+    )
+
+
+@pytest.mark.slow
+def test_gossip_beats_training_alone_on_label_skew() -> None:
+    config = SimConfig(
+        peers=50,
+        topology="regular:4",
+        model="logreg",
+        partition="dirichlet:0.1",
+        periods=60,
+        eval_every=30,
+        lr=0.5,
+    )
+    gossip, alone = _run(config), _run(config.replace(merge="none"))
+    assert gossip.final["acc_mean"] > alone.final["acc_mean"] + 0.3, (
+        gossip.final["acc_mean"],
+        alone.final["acc_mean"],
+    )
