@@ -98,7 +98,7 @@ OutOpt = Annotated[
 def main_callback(ctx: typer.Context) -> None:
     """With no command, run the default simulation (100 peers learning digits by gossip)."""
     if ctx.invoked_subcommand is None:
-        ctx.invoke(run)
+        run(ctx, config_file=None, out=None, baseline=True, quiet=False)
 
 
 @app.command()

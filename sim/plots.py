@@ -14,10 +14,12 @@ import matplotlib.pyplot as plt
 Record = Mapping[str, Any]
 
 
-def _xy(records: Sequence[Record], key: str) -> tuple[list[float], list[float]]:
-    xs = [float(r["time"]) for r in records if r.get(key) is not None]
-    ys = [float(r[key]) for r in records if r.get(key) is not None]
-    return xs, ys
+def _xy(
+    records: Sequence[Record], key: str, positive: bool = False
+) -> tuple[list[float], list[float]]:
+    """Times and values of ``key`` (skipping missing values, and non-positive ones for log axes)."""
+    kept = [r for r in records if r.get(key) is not None and (not positive or r[key] > 0)]
+    return [float(r["time"]) for r in kept], [float(r[key]) for r in kept]
 
 
 def plot_run(
@@ -42,8 +44,7 @@ def plot_run(
     paths.append(_save(fig, out / "accuracy.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    t, cons = _xy(records, "consensus")
-    ax.plot(t, [max(c, 1e-12) for c in cons], lw=2)
+    ax.plot(*_xy(records, "consensus", positive=True), lw=2)
     ax.set(
         xlabel="virtual time (s)",
         ylabel="consensus distance  mean ||w_i - w̄||²",
@@ -62,8 +63,7 @@ def plot_comparison(
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
     for label, records in runs.items():
         ax1.plot(*_xy(records, "acc_mean"), lw=2, label=label)
-        t, cons = _xy(records, "consensus")
-        ax2.plot(t, [max(c, 1e-12) for c in cons], lw=2, label=label)
+        ax2.plot(*_xy(records, "consensus", positive=True), lw=2, label=label)
     if baseline is not None:
         ax1.axhline(baseline, ls="--", color="k", lw=1, label="centralized")
     ax1.set(xlabel="virtual time (s)", ylabel="mean test accuracy", ylim=(0, 1), title=title)

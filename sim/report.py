@@ -74,7 +74,7 @@ def result_table(result: SimResult, central: CentralizedResult | None) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows: list[tuple[str, Any]] = [
-        ("virtual time (s)", final["time"]),
+        ("virtual time (s)", f"{final['time']:.1f}"),
         ("peer accuracy mean", final["acc_mean"]),
         ("peer accuracy min", final["acc_min"]),
         ("peer accuracy max", final["acc_max"]),
@@ -88,7 +88,7 @@ def result_table(result: SimResult, central: CentralizedResult | None) -> Table:
     rows += [
         ("mean test loss", final["loss_mean"]),
         ("consensus distance", f"{final['consensus']:.4g}"),
-        ("age mean (samples seen)", final["age_mean"]),
+        ("age mean (samples seen)", f"{final['age_mean']:,.0f}"),
         (
             "messages sent / delivered",
             f"{final['messages_sent']:,} / {final['messages_delivered']:,}",
@@ -97,10 +97,10 @@ def result_table(result: SimResult, central: CentralizedResult | None) -> Table:
             "messages dropped / rejected",
             f"{final['messages_dropped']:,} / {final['messages_rejected']:,}",
         ),
-        ("MB sent", round(final["bytes_sent"] / 1e6, 2)),
+        ("MB sent", f"{final['bytes_sent'] / 1e6:,.1f}"),
         ("peers online", final["peers_online"]),
-        ("wall time (s)", summary["wall_s"]),
-        ("peer updates per second", summary["peer_updates_per_s"]),
+        ("wall time (s)", f"{summary['wall_s']:.1f}"),
+        ("peer updates per second", f"{summary['peer_updates_per_s'] or 0:,.0f}"),
     ]
     for name, value in rows:
         table.add_row(name, _fmt(value))
@@ -169,10 +169,13 @@ def compare_with_report(
     table = Table(
         title=f"compare {field}: {config.peers} peers, {config.dataset}/{config.partition}, {config.model}"
     )
-    for col in rows[0]:
-        table.add_column(col, justify="right")
+    shown = {field: field, "acc_mean": "acc mean", "acc_min": "min", "acc_max": "max",
+             "consensus": "consensus", "messages_sent": "msgs", "spectral_gap": "gap",
+             "diameter": "diam", "wall_s": "wall s"}  # fmt: skip
+    for label in shown.values():
+        table.add_column(label, justify="right")
     for row in rows:
-        table.add_row(*(_fmt(v) for v in row.values()))
+        table.add_row(*(_fmt(row[k], 3) if k != "consensus" else f"{row[k]:.3g}" for k in shown))
     console.print(table)
     if central is not None:
         console.print(f"centralized baseline: {central.accuracy:.4f}")
