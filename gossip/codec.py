@@ -39,10 +39,13 @@ QUANT_TENSOR = "__quant__"
 MAX_AGE = 2**53 - 1  # ages stay exact as float64 (the merge computes in float64)
 _SENDER_RE = re.compile(r"[A-Za-z0-9._:@/\[\]-]{1,128}")
 _NONCE_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_HEX_RE = re.compile(r"[0-9a-f]{32}")
 _FP16_MAX = 65504.0
 _WIRE_DTYPE = {"fp32": "F32", "fp16": "F16", "int8": "I8"}
-_NP_DTYPE: dict[str, np.dtype[Any]] = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "I8": np.dtype("i1")}
+_NP_DTYPE: dict[str, np.dtype[Any]] = {
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "I8": np.dtype("i1"),
+}
 _METADATA_KEYS = frozenset({"v", "sender", "age", "nonce", "timestamp", "schema", "codec"})
 
 
