@@ -323,6 +323,23 @@ def _gather(buf: memoryview, spans: list[tuple[int, int]], dtype: np.dtype) -> n
     return np.concatenate([np.frombuffer(buf[s:e], dtype=dtype) for s, e in spans])
 
 
+def read_meta(
+    data: bytes | bytearray | memoryview,
+    schema: ModelSchema,
+    *,
+    max_bytes: int | None = None,
+    max_age: int = MAX_AGE,
+) -> MessageMeta:
+    """Validate only the size, header and metadata of a message and return the metadata.
+
+    Cheap (no tensor data is touched): a node uses it to authenticate the sender before it
+    spends anything on decoding. :func:`decode` repeats these checks.
+    """
+    view = memoryview(data).cast("B")
+    header, _ = _parse_header(view, schema, max_bytes or max_message_bytes(schema))
+    return _parse_metadata(header.get("__metadata__"), schema, max_age)
+
+
 def decode(
     data: bytes | bytearray | memoryview,
     schema: ModelSchema,

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
+import dataclasses
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
+from gossip.age_guard import AgeGuard
 from gossip.errors import ConfigError
 from gossip.learner import Learner
 from gossip.merge import get_merge_rule
@@ -46,8 +48,9 @@ class PeerConfig:
     when set). train_on: ``receive`` (merge then train on every received model, the
     original protocol), ``timer`` (merge on receipt, train once per period before sending)
     or ``both``. inbox_size: received models waiting to be merged; beyond it, refused as
-    ``busy`` (HTTP 429 in a real node). train_cost / eval_cost: virtual seconds one training
-    step / one evaluation takes in the simulator (real nodes take what they take).
+    ``busy`` (HTTP 429 in a real node). train_cost: virtual seconds one training step takes
+    in the simulator (real nodes take what they take). age_guard: how implausibly large
+    received ages are treated (see :mod:`gossip.age_guard`).
     """
 
     period: float = 1.0
@@ -59,6 +62,7 @@ class PeerConfig:
     train_on: str = "receive"
     inbox_size: int = 16
     train_cost: float = 0.0
+    age_guard: AgeGuard = field(default_factory=AgeGuard)
 
     def __post_init__(self) -> None:
         if not self.period > 0:
@@ -90,6 +94,7 @@ class PeerCounters:
     accepted: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     merges: int = 0
+    age_capped: int = 0
     train_steps: int = 0
     samples_trained: int = 0
 
@@ -151,7 +156,9 @@ class Peer:
         self.compute: Compute = compute or InlineCompute()
         self.merge_rule = get_merge_rule(config.merge)
         self.counters = PeerCounters()
-        self._inbox: asyncio.Queue[ModelMessage] | None = None
+        self._inbox: asyncio.Queue[tuple[ModelMessage, float]] | None = None
+        # Receive-to-merge latencies (loop seconds) of the most recent merges.
+        self.merge_latencies: deque[float] = deque(maxlen=4096)
         self._tasks: list[asyncio.Task[None]] = []
         self._snapshot = self._make_snapshot()
         transport.attach(self)
@@ -196,12 +203,18 @@ class Peer:
         """Called by the transport with a decoded, validated model. None if queued, else why not."""
         self.counters.received += 1
         reason: str | None = None
+        age, note = self.config.age_guard.check(message.age, self.learner.state.age)
         if self._inbox is None:
             reason = "offline"
+        elif age is None:
+            reason = note
         elif self._inbox.full():
             reason = "busy"
         else:
-            self._inbox.put_nowait(message)
+            if note is not None:
+                self.counters.age_capped += 1
+                message = dataclasses.replace(message, age=age)
+            self._inbox.put_nowait((message, asyncio.get_running_loop().time()))
         if reason is None:
             self.counters.accepted += 1
             self.sampler.report_alive(message.sender)
@@ -211,6 +224,10 @@ class Peer:
 
     def published(self) -> ModelSnapshot:
         return self._snapshot
+
+    def republish(self) -> None:
+        """Publish the current model again (after it was changed from outside, e.g. restored)."""
+        self._snapshot = self._make_snapshot()
 
     # ------------------------------------------------------------------ work
 
@@ -246,9 +263,11 @@ class Peer:
     async def _inbox_loop(self) -> None:
         inbox = self._inbox
         assert inbox is not None
+        loop = asyncio.get_running_loop()
         while True:
-            message = await inbox.get()
+            message, received_at = await inbox.get()
             await self.compute.run(partial(self._merge_and_train, message), self._train_cost())
+            self.merge_latencies.append(loop.time() - received_at)
 
     async def _gossip_loop(self) -> None:
         c = self.config

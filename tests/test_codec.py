@@ -287,3 +287,17 @@ def test_codec_error_message_is_one_line() -> None:
     with pytest.raises(CodecError) as e:
         decode(b"\x01" * 3, STATE.schema)
     assert "\n" not in str(e.value) and e.value.reason is RejectReason.TRUNCATED
+
+
+def test_read_meta_checks_the_header_without_the_tensors() -> None:
+    from gossip.codec import read_meta
+
+    assert read_meta(GOOD, STATE.schema) == decode(GOOD, STATE.schema).meta
+    # Tensor data is not looked at: a NaN payload passes read_meta, not decode.
+    flat = STATE.flat.clone()
+    flat[0] = float("nan")
+    blob = encode(flat, STATE.schema, _meta(STATE))
+    assert read_meta(blob, STATE.schema).age == STATE.age
+    assert _reason(blob) is RejectReason.NON_FINITE
+    with pytest.raises(CodecError):
+        read_meta(GOOD[:20], STATE.schema)

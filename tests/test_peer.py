@@ -178,3 +178,37 @@ def test_bad_peer_config_is_one_line(kw: dict[str, object]) -> None:
     with pytest.raises(ConfigError) as e:
         PeerConfig(**kw)  # type: ignore[arg-type]
     assert "\n" not in str(e.value)
+
+
+def test_age_inflation_is_capped_or_refused() -> None:
+    from gossip.age_guard import AgeGuard
+
+    (peer,), _ = _peers(
+        1, PeerConfig(local_steps=0, age_guard=AgeGuard("cap", factor=2.0, slack=0))
+    )
+    peer.learner.state.flat.zero_()
+    peer.learner.state.age = 100
+    liar = ModelMessage("p9", 10**12, torch.ones_like(peer.learner.state.flat), 10)
+
+    async def scenario() -> None:
+        peer.start()
+        assert peer.offer(liar) is None
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        await peer.stop()
+
+    run_virtual(scenario())
+    # Capped to 2 * 100: the liar gets weight 200 / 300, not ~1.
+    assert torch.allclose(peer.learner.state.flat, torch.full_like(peer.learner.state.flat, 2 / 3))
+    assert peer.counters.age_capped == 1 and peer.learner.state.age == 200
+
+    (strict,), _ = _peers(1, PeerConfig(age_guard=AgeGuard("refuse")))
+
+    async def refused() -> str | None:
+        strict.start()
+        reason = strict.offer(liar)
+        await strict.stop()
+        return reason
+
+    assert run_virtual(refused()) == "age_inflation"
+    assert strict.counters.rejected["age_inflation"] == 1
