@@ -1,0 +1,406 @@
+"""Optional authentication of gossip messages: shared-key HMAC or Ed25519 signatures.
+
+What is signed is the HTTP body, i.e. the whole safetensors message, whose metadata carries
+the sender, nonce and timestamp: the signature covers the header, the payload, the nonce and
+the timestamp at once. Both schemes sign ``b"gossip-v1\\n" + sha256(body)`` and travel in
+one HTTP header::
+
+    X-Gossip-Auth: hmac-sha256=<hex>              (shared key, every node holds the same)
+    X-Gossip-Auth: ed25519=<base64 signature>     (per-node private key; the receiver
+                                                   checks it with the sender's public key
+                                                   from peers.txt)
+
+A node holding both keys sends both, comma separated. A receiver that knows the sender's
+public key insists on its Ed25519 signature (a shared key, which every member holds, cannot
+prove who sent a message); otherwise it checks the HMAC.
+
+Against replay, a verified message is accepted only when ``|now - timestamp| <= window_s``
+and its ``(sender, nonce)`` was not seen before. The nonce cache forgets a nonce once its
+timestamp has left the window (a replay of it would be stale anyway) and never holds more
+than ``max_nonces`` entries: when full it evicts the nonces that leave the window first.
+Such an evicted nonce could be replayed, but only until its timestamp leaves the window;
+choose ``max_nonces`` above the number of messages a node accepts per ``2 * window_s``.
+Staleness and replay are checked only after the signature, so that forged messages can
+neither fill the cache nor block a genuine nonce. Clocks of peers must agree to within the
+window (use NTP).
+
+The verifier takes ``sender``, ``nonce`` and ``timestamp`` as arguments: the caller must
+pass the values read from the very body being verified (the signature binds them only
+through the body). Nothing here reads the wall clock: the caller passes ``now``.
+
+Key files hold text: a shared key as hex or base64 (at least 16 bytes), or an Ed25519
+private key as ``ed25519:<base64 of the 32-byte seed>`` (an unencrypted PKCS#8 PEM, as
+``openssl genpkey -algorithm ed25519`` writes, is read too). Keep key files private to
+their owner: :func:`write_key_file` creates them with mode 0600; :func:`load_key_file`
+does not police permissions (container secret mounts are often 0644).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import heapq
+import hmac
+import math
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from gossip.errors import ConfigError
+
+AUTH_HEADER = "X-Gossip-Auth"
+HMAC_SCHEME = "hmac-sha256"
+ED25519_SCHEME = "ed25519"
+KEY_PREFIX = "ed25519:"
+DOMAIN = b"gossip-v1\n"
+MIN_SHARED_KEY_BYTES = 16
+ED25519_KEY_BYTES = 32
+ED25519_SIG_BYTES = 64
+MAX_HEADER_CHARS = 1024
+MAX_KEY_FILE_BYTES = 16 * 1024
+_HEX_RE = re.compile(r"(?:[0-9a-fA-F]{2})+")
+
+
+class AuthReason(StrEnum):
+    """Why a message failed authentication (stable names, used as metric labels)."""
+
+    MISSING_AUTH = "missing_auth"
+    BAD_AUTH = "bad_auth"
+    UNKNOWN_SENDER = "unknown_sender"
+    REPLAY = "replay"
+    STALE = "stale"
+
+
+class AuthError(Exception):
+    """A message was refused; ``reason`` is one of :class:`AuthReason`."""
+
+    def __init__(self, reason: AuthReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Authentication settings of a node.
+
+    shared_key: HMAC key every node shares (>= 16 bytes). private_key: this node's raw
+    32-byte Ed25519 seed (to sign). public_keys: peer id -> raw Ed25519 public key (from
+    peers.txt, to verify). window_s: accepted ``|now - timestamp|`` in seconds; also how
+    long nonces are remembered. With a shared key or any public key, unauthenticated
+    messages are refused (:attr:`require`).
+    """
+
+    shared_key: bytes | None = None
+    private_key: bytes | None = None
+    public_keys: Mapping[str, bytes] = field(default_factory=dict)
+    window_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.shared_key is not None and len(self.shared_key) < MIN_SHARED_KEY_BYTES:
+            raise ConfigError(
+                f"shared key has {len(self.shared_key)} bytes; use at least"
+                f" {MIN_SHARED_KEY_BYTES} random bytes (e.g. 32)"
+            )
+        if self.private_key is not None and len(self.private_key) != ED25519_KEY_BYTES:
+            raise ConfigError(
+                f"Ed25519 private key has {len(self.private_key)} bytes, not {ED25519_KEY_BYTES}"
+            )
+        for peer_id, key in self.public_keys.items():
+            if len(key) != ED25519_KEY_BYTES:
+                raise ConfigError(
+                    f"public key of {peer_id!r} has {len(key)} bytes, not {ED25519_KEY_BYTES}"
+                )
+        if not (math.isfinite(self.window_s) and self.window_s > 0):
+            raise ConfigError(f"auth window {self.window_s} s must be a positive number")
+        object.__setattr__(self, "public_keys", MappingProxyType(dict(self.public_keys)))
+
+    @property
+    def require(self) -> bool:
+        """Whether incoming messages must be authenticated."""
+        return self.shared_key is not None or bool(self.public_keys)
+
+
+def signed_message(body: bytes) -> bytes:
+    """The bytes both schemes sign: a domain tag and the SHA-256 of the body."""
+    return DOMAIN + hashlib.sha256(body).digest()
+
+
+def _hmac(key: bytes, message: bytes) -> str:
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+class MessageSigner:
+    """Produces the authentication header of outgoing messages (none without keys)."""
+
+    def __init__(self, config: AuthConfig) -> None:
+        self._shared_key = config.shared_key
+        self._private = (
+            None
+            if config.private_key is None
+            else Ed25519PrivateKey.from_private_bytes(config.private_key)
+        )
+
+    def headers(self, body: bytes) -> dict[str, str]:
+        if self._private is None and self._shared_key is None:
+            return {}
+        message = signed_message(body)
+        items = []
+        if self._private is not None:
+            sig = base64.b64encode(self._private.sign(message)).decode("ascii")
+            items.append(f"{ED25519_SCHEME}={sig}")
+        if self._shared_key is not None:
+            items.append(f"{HMAC_SCHEME}={_hmac(self._shared_key, message)}")
+        return {AUTH_HEADER: ", ".join(items)}
+
+
+def _parse_header(header: str) -> dict[str, str]:
+    """``scheme=value[, scheme=value]`` -> {scheme: value}; AuthError on anything odd."""
+    if len(header) > MAX_HEADER_CHARS:
+        raise AuthError(AuthReason.BAD_AUTH, f"{AUTH_HEADER} longer than {MAX_HEADER_CHARS}")
+    items: dict[str, str] = {}
+    for item in header.split(","):
+        scheme, sep, value = item.strip().partition("=")
+        scheme = scheme.strip().lower()
+        if not sep or not scheme or scheme in items:
+            raise AuthError(AuthReason.BAD_AUTH, f"malformed {AUTH_HEADER} header")
+        items[scheme] = value.strip()
+    return items
+
+
+class MessageVerifier:
+    """Checks incoming messages: signature first, then timestamp window, then replay.
+
+    Not thread-safe: use it from the node's event loop.
+    """
+
+    def __init__(self, config: AuthConfig, max_nonces: int = 100_000) -> None:
+        if max_nonces < 1:
+            raise ConfigError(f"max_nonces {max_nonces} must be at least 1")
+        self.config = config
+        self.max_nonces = max_nonces
+        self._public = {
+            peer_id: Ed25519PublicKey.from_public_bytes(key)
+            for peer_id, key in config.public_keys.items()
+        }
+        self._expiry: dict[tuple[str, str], float] = {}  # (sender, nonce) -> forget after
+        self._heap: list[tuple[float, int, tuple[str, str]]] = []  # same entries by expiry
+        self._seq = 0
+
+    def __len__(self) -> int:
+        """How many nonces are remembered."""
+        return len(self._expiry)
+
+    def verify(
+        self,
+        *,
+        sender: str,
+        nonce: str,
+        timestamp: float,
+        body: bytes,
+        header: str | None,
+        now: float,
+    ) -> None:
+        """Accept the message or raise :class:`AuthError`; accepting records its nonce."""
+        if not self.config.require:
+            return  # nothing to check against: authentication is off
+        if header is None or not header.strip():
+            raise AuthError(AuthReason.MISSING_AUTH, f"no {AUTH_HEADER} header")
+        self._check_signature(sender, body, _parse_header(header))
+        window = self.config.window_s
+        if not abs(now - timestamp) <= window:  # also catches NaN
+            raise AuthError(
+                AuthReason.STALE,
+                f"timestamp is {now - timestamp:+.1f} s from now, outside ±{window:g} s",
+            )
+        self._expire(now)
+        key = (sender, nonce)
+        if key in self._expiry:
+            raise AuthError(AuthReason.REPLAY, f"nonce {nonce[:64]!r} of {sender[:128]!r} seen")
+        self._remember(key, timestamp + window)
+
+    def _check_signature(self, sender: str, body: bytes, items: dict[str, str]) -> None:
+        public = self._public.get(sender)
+        if public is not None:
+            sig_text = items.get(ED25519_SCHEME)
+            if sig_text is None:
+                raise AuthError(
+                    AuthReason.BAD_AUTH, f"{sender[:128]!r} has a public key but sent no ed25519"
+                )
+            try:
+                sig = base64.b64decode(sig_text, validate=True)
+                if len(sig) != ED25519_SIG_BYTES:
+                    raise ValueError
+                public.verify(sig, signed_message(body))
+            except (InvalidSignature, ValueError, binascii.Error):
+                raise AuthError(AuthReason.BAD_AUTH, "bad ed25519 signature") from None
+            return
+        shared = self.config.shared_key
+        if shared is not None and HMAC_SCHEME in items:
+            expected = _hmac(shared, signed_message(body))
+            if not hmac.compare_digest(expected.encode(), items[HMAC_SCHEME].lower().encode()):
+                raise AuthError(AuthReason.BAD_AUTH, "bad hmac-sha256")
+            return
+        if ED25519_SCHEME in items:
+            raise AuthError(
+                AuthReason.UNKNOWN_SENDER, f"no public key for {sender[:128]!r} in the peers file"
+            )
+        raise AuthError(AuthReason.BAD_AUTH, f"no usable scheme in {AUTH_HEADER}")
+
+    def _expire(self, now: float) -> None:
+        while self._heap and self._heap[0][0] < now:
+            _, _, key = heapq.heappop(self._heap)
+            del self._expiry[key]
+
+    def _remember(self, key: tuple[str, str], expiry: float) -> None:
+        while len(self._expiry) >= self.max_nonces:  # full: forget what expires soonest
+            _, _, old = heapq.heappop(self._heap)
+            del self._expiry[old]
+        self._seq += 1
+        heapq.heappush(self._heap, (expiry, self._seq, key))
+        self._expiry[key] = expiry
+
+
+# --------------------------------------------------------------------------- keys
+
+
+@dataclass(frozen=True)
+class KeyFile:
+    """What a key file holds: a shared HMAC key or an Ed25519 private seed (raw bytes)."""
+
+    kind: Literal["hmac-sha256", "ed25519"]
+    key: bytes
+
+    def auth_config(
+        self, public_keys: Mapping[str, bytes] | None = None, window_s: float = 60.0
+    ) -> AuthConfig:
+        """An :class:`AuthConfig` using this key (and the peers' public keys)."""
+        keys = public_keys or {}
+        if self.kind == "ed25519":
+            return AuthConfig(private_key=self.key, public_keys=keys, window_s=window_s)
+        return AuthConfig(shared_key=self.key, public_keys=keys, window_s=window_s)
+
+
+def generate_ed25519_keypair() -> tuple[bytes, bytes]:
+    """A new Ed25519 key pair as raw bytes: (32-byte private seed, 32-byte public key)."""
+    seed = _raw_seed(Ed25519PrivateKey.generate())
+    return seed, public_key_of(seed)
+
+
+def _raw_seed(private: Ed25519PrivateKey) -> bytes:
+    raw = serialization.Encoding.Raw
+    return private.private_bytes(raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+
+
+def public_key_of(private_seed: bytes) -> bytes:
+    """The raw public key that belongs to a raw Ed25519 private seed."""
+    return (
+        Ed25519PrivateKey.from_private_bytes(private_seed)
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
+
+
+def generate_shared_key(nbytes: int = 32) -> bytes:
+    """A new random shared HMAC key."""
+    return secrets.token_bytes(max(nbytes, MIN_SHARED_KEY_BYTES))
+
+
+def format_public_key(pub: bytes) -> str:
+    """``ed25519:<base64>``, as written in peers.txt."""
+    return KEY_PREFIX + base64.b64encode(pub).decode("ascii")
+
+
+def format_private_key(seed: bytes) -> str:
+    """``ed25519:<base64>``, the text of a private key file."""
+    return KEY_PREFIX + base64.b64encode(seed).decode("ascii")
+
+
+def format_shared_key(key: bytes) -> str:
+    """Hex, the text of a shared key file."""
+    return key.hex()
+
+
+def _read_key_text(path: Path) -> str:
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_KEY_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: key file not found; check the path") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the key file ({e.strerror})") from None
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_KEY_FILE_BYTES} bytes; not a key file")
+    try:
+        return data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text key file (non-ASCII bytes)") from None
+
+
+def load_key_file(path: str | Path) -> KeyFile:
+    """Read a key file: ``ed25519:<base64 seed>``, a PKCS#8 PEM Ed25519 key, or a shared
+    key as hex or base64 (hex when the text is an even number of hex digits)."""
+    path = Path(path)
+    text = _read_key_text(path)
+    if text.startswith("-----BEGIN"):
+        try:
+            private = serialization.load_pem_private_key(text.encode(), password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise ConfigError(f"{path}: not an unencrypted PEM private key") from None
+        if not isinstance(private, Ed25519PrivateKey):
+            raise ConfigError(f"{path}: the PEM key is not an Ed25519 key")
+        return KeyFile("ed25519", _raw_seed(private))
+    if text.startswith(KEY_PREFIX):
+        try:
+            seed = base64.b64decode(text[len(KEY_PREFIX) :], validate=True)
+        except (binascii.Error, ValueError):
+            seed = b""
+        if len(seed) != ED25519_KEY_BYTES:
+            raise ConfigError(
+                f"{path}: expected ed25519: followed by the base64 of a {ED25519_KEY_BYTES}-byte"
+                " private seed; make one with the key generation command"
+            )
+        return KeyFile("ed25519", seed)
+    if _HEX_RE.fullmatch(text):
+        key = bytes.fromhex(text)
+    else:
+        try:
+            key = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError(
+                f"{path}: not a key; expected hex or base64 of a shared key, or ed25519:<seed>"
+            ) from None
+    if len(key) < MIN_SHARED_KEY_BYTES:
+        raise ConfigError(
+            f"{path}: shared key of {len(key)} bytes is too short; use at least"
+            f" {MIN_SHARED_KEY_BYTES} random bytes (e.g. 32)"
+        )
+    return KeyFile("hmac-sha256", key)
+
+
+def write_key_file(path: str | Path, text: str, *, overwrite: bool = False) -> None:
+    """Create a key file readable by its owner only (mode 0600); refuse to replace one
+    unless ``overwrite``."""
+    path = Path(path)
+    if overwrite:
+        path.unlink(missing_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError(f"{path}: already exists; remove it or choose another path") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot create the key file ({e.strerror})") from None
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(text.rstrip("\n") + "\n")
