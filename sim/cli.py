@@ -8,7 +8,6 @@ agree). Heavy imports (torch, the simulator) happen inside the commands, so that
 
 from __future__ import annotations
 
-import inspect
 import sys
 import typing
 from collections.abc import Callable
@@ -20,7 +19,10 @@ from typing import Annotated, Any
 import typer
 
 from gossip.errors import GossipError
+from peers.cli_options import ConfigOpt, given_on_command_line, with_dataclass_options
 from sim.config import FIELD_HELP, SimConfig
+
+F = typing.TypeVar("F", bound=Callable[..., Any])
 
 app = typer.Typer(
     add_completion=False,
@@ -30,48 +32,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-F = typing.TypeVar("F", bound=Callable[..., Any])
-
-
-def _config_parameters() -> list[inspect.Parameter]:
-    hints = typing.get_type_hints(SimConfig)
-    params = []
-    for f in fields(SimConfig):
-        option = typer.Option(help=FIELD_HELP.get(f.name, ""), rich_help_panel="Simulation")
-        params.append(
-            inspect.Parameter(
-                f.name,
-                inspect.Parameter.KEYWORD_ONLY,
-                default=f.default,
-                annotation=Annotated[hints[f.name], option],
-            )
-        )
-    return params
-
 
 def with_config_options(fn: F) -> F:
     """Add one flag per SimConfig field to a command; they arrive in ``**config_fields``."""
-    sig = inspect.signature(fn)
-    hints = typing.get_type_hints(fn, include_extras=True)  # resolve the string annotations
-    own = [
-        p.replace(annotation=hints.get(p.name, p.annotation))
-        for p in sig.parameters.values()
-        if p.kind is not inspect.Parameter.VAR_KEYWORD
-    ]
-    fn.__signature__ = sig.replace(parameters=[*own, *_config_parameters()])  # type: ignore[attr-defined]
-    return fn
+    return with_dataclass_options(SimConfig, FIELD_HELP, "Simulation")(fn)
 
 
 def build_config(
     ctx: typer.Context, config_file: Path | None, values: dict[str, Any], **forced: Any
 ) -> SimConfig:
     """SimConfig from defaults < TOML file < flags given on the command line < ``forced``."""
-    # Compared by name: typer ships its own copy of click, whose enum we do not import.
-    given = {
-        k: v
-        for k, v in values.items()
-        if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"
-    }
+    given = given_on_command_line(ctx, values)
     if config_file is not None:
         return SimConfig.from_toml(config_file, **given, **forced)
     return SimConfig(**{**values, **forced})
@@ -86,9 +57,6 @@ def _fail(e: GossipError) -> typing.NoReturn:
     raise typer.Exit(2)
 
 
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="TOML file with the same fields (flags win)")
-]
 OutOpt = Annotated[
     Path | None, typer.Option("--out", help="output directory (default: runs/<kind>-<time>)")
 ]

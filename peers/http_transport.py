@@ -1,0 +1,178 @@
+"""The HTTP transport of a real node (client side): push and pull models with aiohttp.
+
+One ``aiohttp.ClientSession`` per node with a bounded connection pool and connect/read
+timeouts. A push is a ``POST /v1/gossip`` of a codec message; it is never retried (the
+receiver refuses a replayed nonce, and the next period sends a fresher model anyway). A pull
+is a ``GET /v1/model``; being idempotent, it is retried once on a connection error. Network
+trouble never raises out of the transport: it is reported as ``FAILED`` (the Peer tells its
+sampler) and counted. Large models are encoded and decoded in a worker thread so that the
+event loop stays responsive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiohttp
+
+from gossip.codec import CodecError, MessageMeta, decode, encode, max_message_bytes, read_meta
+from gossip.state import ModelSchema
+from peers.auth import AUTH_HEADER, AuthError, MessageSigner, MessageVerifier
+from peers.transport import ModelMessage, ModelSink, ModelSnapshot, SendOutcome, Transport
+
+log = logging.getLogger("gossip.node")
+CONTENT_TYPE = "application/vnd.gossip.safetensors"
+_THREAD_THRESHOLD = 1 << 20  # bytes: above this, (de)serialise off the event loop
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """Client and server limits. connect_timeout / read_timeout: seconds (the read timeout
+    also bounds how long a server waits for a request body: slow senders are cut off).
+    pool_limit: concurrent connections of the client. codec: what this node sends."""
+
+    connect_timeout: float = 3.0
+    read_timeout: float = 30.0
+    pool_limit: int = 16
+    codec: str = "fp32"
+
+
+class HttpTransport(Transport):
+    """Pushes and pulls models to and from the peers listed in peers.txt."""
+
+    def __init__(
+        self,
+        self_id: str,
+        peers: Mapping[str, str],
+        schema: ModelSchema,
+        config: HttpConfig,
+        signer: MessageSigner,
+        verifier: MessageVerifier,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.self_id = self_id
+        self.peers = dict(peers)  # peer id -> base URL
+        self.schema = schema
+        self.config = config
+        self.signer = signer
+        self.verifier = verifier
+        self.ssl_context = ssl_context
+        self.sink: ModelSink | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.failures: dict[str, int] = {}
+
+    def attach(self, sink: ModelSink) -> None:
+        self.sink = sink
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self.config.pool_limit, limit_per_host=2, ssl=self.ssl_context or True
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self.config.connect_timeout, sock_read=self.config.read_timeout
+        )
+        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("HttpTransport.start() was not awaited")
+        return self._session
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode_snapshot(self, snapshot: ModelSnapshot) -> bytes:
+        meta = MessageMeta(
+            sender=self.self_id,
+            age=snapshot.age,
+            nonce=secrets.token_urlsafe(12),
+            timestamp=time.time(),
+            schema_hash=self.schema.hash,
+            codec=self.config.codec,
+        )
+        return encode(snapshot.flat, self.schema, meta)
+
+    async def encode_async(self, snapshot: ModelSnapshot) -> bytes:
+        if snapshot.flat.numel() * 4 > _THREAD_THRESHOLD:
+            return await asyncio.to_thread(self.encode_snapshot, snapshot)
+        return self.encode_snapshot(snapshot)
+
+    # ------------------------------------------------------------------ push / pull
+
+    def _note_failure(self, dest: str, why: str) -> None:
+        self.failures[why] = self.failures.get(why, 0) + 1
+        log.debug("push to %s failed: %s", dest, why)
+
+    async def push(self, dest: str, snapshot: ModelSnapshot) -> SendOutcome:
+        url = self.peers.get(dest)
+        if url is None:
+            self._note_failure(dest, "unknown_peer")
+            return SendOutcome.FAILED
+        body = await self.encode_async(snapshot)
+        headers = {"Content-Type": CONTENT_TYPE, **self.signer.headers(body)}
+        try:
+            async with self.session.post(f"{url}/v1/gossip", data=body, headers=headers) as resp:
+                await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            self._note_failure(dest, type(e).__name__)
+            return SendOutcome.FAILED
+        if 200 <= status < 300:
+            return SendOutcome.DELIVERED
+        log.debug("push to %s refused with HTTP %d", dest, status)
+        return SendOutcome.REJECTED
+
+    async def pull(self, dest: str) -> ModelMessage | None:
+        url = self.peers.get(dest)
+        if url is None:
+            return None
+        for attempt in (1, 2):  # GET is idempotent: one retry on a connection error
+            try:
+                async with self.session.get(f"{url}/v1/model") as resp:
+                    if resp.status != 200:
+                        return None
+                    if (resp.content_length or 0) > max_message_bytes(self.schema):
+                        return None
+                    body = await resp.content.read(max_message_bytes(self.schema) + 1)
+                    header = resp.headers.get(AUTH_HEADER)
+                break
+            except (aiohttp.ClientConnectionError, TimeoutError, OSError) as e:
+                self._note_failure(dest, type(e).__name__)
+                if attempt == 2:
+                    return None
+            except aiohttp.ClientError as e:
+                self._note_failure(dest, type(e).__name__)
+                return None
+        try:
+            return await self.check_and_decode(body, header)
+        except (CodecError, AuthError) as e:
+            log.info("pulled model from %s rejected: %s", dest, e)
+            return None
+
+    async def check_and_decode(self, body: bytes, auth_header: str | None) -> ModelMessage:
+        """Validate metadata, authenticate, then decode (the server's path too)."""
+        meta = read_meta(body, self.schema)
+        self.verifier.verify(
+            sender=meta.sender,
+            nonce=meta.nonce,
+            timestamp=meta.timestamp,
+            body=body,
+            header=auth_header,
+            now=time.time(),
+        )
+        if len(body) > _THREAD_THRESHOLD:
+            decoded = await asyncio.to_thread(decode, body, self.schema)
+        else:
+            decoded = decode(body, self.schema)
+        return ModelMessage(decoded.meta.sender, decoded.meta.age, decoded.flat, len(body))

@@ -1,0 +1,148 @@
+"""The configuration of a real node: one frozen dataclass, from CLI flags or a TOML file.
+
+Kept free of heavy imports so that ``gossip-node --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gossip.age_guard import AgeGuard
+from gossip.errors import ConfigError
+
+if TYPE_CHECKING:
+    from peers.peer import PeerConfig
+
+NODE_HELP: dict[str, str] = {
+    "peers": "peers file: one peer per line (host:port, then optionally an id and ed25519:PUBKEY); the node skips its own entry",
+    "host": "address to listen on (0.0.0.0 for all interfaces)",
+    "port": "port to listen on",
+    "id": "this node's id (default: its entry in the peers file, else host:port)",
+    "advertise": "the URL other peers reach this node at, to find its own entry in the peers file",
+    "dataset": "named dataset to take this node's shard of (testbeds): digits, fashion-mnist, ...",
+    "data_dir": "directory holding the dataset files",
+    "partition": "how the named dataset is split over --num-nodes: iid, dirichlet:A, shards:K, natural",
+    "node_index": "this node's shard number, 0..num-nodes-1",
+    "num_nodes": "number of shards the named dataset is split into",
+    "data": "this machine's own data: an .npz file with x, y (and x_test, y_test)",
+    "model": "logreg, mlp, cnn, resnet18 or charlstm (the same on every node)",
+    "merge": "age-weighted, average, replace or none",
+    "mode": "push, pull or push-pull",
+    "period": "seconds between gossip rounds",
+    "jitter": "relative jitter of the period, in [0, 1)",
+    "local_steps": "SGD steps per received model",
+    "batch_size": "samples per local step",
+    "lr": "learning rate",
+    "optimizer": "sgd or adam",
+    "eval_every": "evaluate on the test split every this many periods (0: never)",
+    "device": "auto (cuda when available), cpu, cuda or cuda:N",
+    "codec": "wire codec of pushed models: fp32, fp16 or int8",
+    "inbox_size": "received models waiting to be merged; beyond it pushes get HTTP 429",
+    "age_guard": "cap, refuse or off: what to do with implausibly large received ages",
+    "checkpoint_dir": "directory for periodic atomic checkpoints; a restarted node resumes from it",
+    "checkpoint_every": "seconds between checkpoints",
+    "auth_key_file": "key file: a shared HMAC key (hex) or this node's ed25519 private key",
+    "auth_window": "seconds a message timestamp may differ from this node's clock",
+    "tls_cert": "TLS certificate (PEM) to serve HTTPS",
+    "tls_key": "TLS private key (PEM)",
+    "tls_ca": "CA bundle to verify https:// peers (default: the system's)",
+    "connect_timeout": "seconds to connect to a peer",
+    "read_timeout": "seconds to read a response, or a request body (slow senders are cut off)",
+    "log_format": "text or json (one object per line)",
+    "status_every": "seconds between status log lines",
+    "seed": "seed of the shared partition, the initial model and this node's randomness",
+}
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node is started with (the CLI flags; a TOML file holds the same fields)."""
+
+    peers: str = "peers.txt"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    id: str | None = None
+    advertise: str | None = None
+    dataset: str = "digits"
+    data_dir: str | None = None
+    partition: str = "iid"
+    node_index: int | None = None
+    num_nodes: int | None = None
+    data: str | None = None
+    model: str = "mlp"
+    merge: str = "age-weighted"
+    mode: str = "push"
+    period: float = 1.0
+    jitter: float = 0.1
+    local_steps: int = 1
+    batch_size: int = 32
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    eval_every: int = 10
+    device: str = "auto"
+    codec: str = "fp32"
+    inbox_size: int = 16
+    age_guard: str = "cap"
+    checkpoint_dir: str | None = None
+    checkpoint_every: float = 30.0
+    auth_key_file: str | None = None
+    auth_window: float = 60.0
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    connect_timeout: float = 3.0
+    read_timeout: float = 30.0
+    log_format: str = "text"
+    status_every: float = 10.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"--port must be in 1..65535, got {self.port}")
+        if (self.node_index is None) != (self.num_nodes is None):
+            raise ConfigError(
+                "give --node-index and --num-nodes together (this node's shard of the dataset)"
+            )
+        if (
+            self.num_nodes is not None
+            and self.node_index is not None
+            and not 0 <= self.node_index < self.num_nodes
+        ):
+            raise ConfigError(
+                f"--node-index must be in 0..{self.num_nodes - 1}, got {self.node_index}"
+            )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("give --tls-cert and --tls-key together")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"--log-format must be text or json, got {self.log_format!r}")
+        if self.checkpoint_every <= 0 or self.eval_every < 0 or self.status_every <= 0:
+            raise ConfigError(
+                "--checkpoint-every and --status-every must be > 0, --eval-every >= 0"
+            )
+        self.peer_config()
+
+    def peer_config(self) -> PeerConfig:
+        from peers.peer import PeerConfig
+
+        return PeerConfig(
+            period=self.period, jitter=self.jitter, mode=self.mode, merge=self.merge,
+            local_steps=self.local_steps, inbox_size=self.inbox_size, age_guard=AgeGuard(self.age_guard),
+        )  # fmt: skip
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> NodeConfig:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        table = raw.get("node", raw)
+        unknown = sorted(set(table) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"config file {path}: unknown field(s) {', '.join(unknown)}")
+        return cls(**{**table, **overrides})
