@@ -133,6 +133,9 @@ class NodeConfig:
             local_steps=self.local_steps, inbox_size=self.inbox_size, age_guard=AgeGuard(self.age_guard),
         )  # fmt: skip
 
+    def replace(self, **changes: Any) -> NodeConfig:
+        return dataclasses.replace(self, **changes)
+
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> NodeConfig:
         try:
