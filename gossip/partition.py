@@ -162,6 +162,15 @@ def _natural(
     return peer_of_group[group_index.reshape(-1)]
 
 
+def partition_generator(seed: int) -> np.random.Generator:
+    """The generator a run's partition is drawn from: the first child of ``SeedSequence(seed)``.
+
+    The simulator and real nodes both use it, so ``gossip-node --seed S --node-index i`` holds
+    exactly the shard that simulated peer ``i`` holds with ``gossip-sim --seed S``.
+    """
+    return np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+
+
 def partition(
     labels: np.ndarray,
     num_peers: int,

@@ -25,7 +25,7 @@ from gossip.datasets import Dataset, load_dataset
 from gossip.errors import ConfigError, GossipError
 from gossip.learner import Learner, LearnerConfig, LocalData
 from gossip.models import build_model
-from gossip.partition import partition
+from gossip.partition import partition, partition_generator
 from peers.auth import AuthConfig, MessageSigner, MessageVerifier, load_key_file
 from peers.checkpoint import CheckpointStore
 from peers.http_transport import HttpConfig, HttpTransport
@@ -42,12 +42,14 @@ def local_data(config: NodeConfig) -> tuple[Dataset, np.ndarray | None]:
     """This node's dataset and the indices of its shard (None: all training rows)."""
     if config.data is not None:
         return load_dataset(f"npz:{config.data}", seed=config.seed), None
-    data = load_dataset(config.dataset, root=config.data_dir, seed=config.seed)
+    data = load_dataset(
+        config.dataset, root=config.data_dir, download=config.download, seed=config.seed
+    )
     if config.num_nodes is None or config.node_index is None:
         return data, None
     # Every node computes the same partition from the shared seed and takes its own part.
     parts = partition(
-        data.y_train.numpy(), config.num_nodes, config.partition, np.random.default_rng(config.seed),
+        data.y_train.numpy(), config.num_nodes, config.partition, partition_generator(config.seed),
         groups=data.groups_train,
     )  # fmt: skip
     return data, parts[config.node_index]

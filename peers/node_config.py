@@ -25,6 +25,7 @@ NODE_HELP: dict[str, str] = {
     "advertise": "the URL other peers reach this node at, to find its own entry in the peers file",
     "dataset": "named dataset to take this node's shard of (testbeds): digits, fashion-mnist, ...",
     "data_dir": "directory holding the dataset files",
+    "download": "download the dataset if missing (mnist, fashion-mnist, cifar10/100; needs internet)",
     "partition": "how the named dataset is split over --num-nodes: iid, dirichlet:A, shards:K, natural",
     "node_index": "this node's shard number, 0..num-nodes-1",
     "num_nodes": "number of shards the named dataset is split into",
@@ -69,6 +70,7 @@ class NodeConfig:
     advertise: str | None = None
     dataset: str = "digits"
     data_dir: str | None = None
+    download: bool = False
     partition: str = "iid"
     node_index: int | None = None
     num_nodes: int | None = None

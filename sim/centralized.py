@@ -29,7 +29,9 @@ def train_centralized(
     """Train ``config.model`` with ``config``'s optimizer, learning rate and batch size on
     the whole training split for ``epochs`` epochs; report test accuracy after each."""
     torch.set_num_threads(config.threads)
-    data = dataset or load_dataset(config.dataset, root=config.data_dir, seed=config.seed)
+    data = dataset or load_dataset(
+        config.dataset, root=config.data_dir, download=config.download, seed=config.seed
+    )
     model = build_model(
         config.model,
         data.input_shape,

@@ -25,6 +25,7 @@ FIELD_HELP: dict[str, str] = {
     "allow_disconnected": "accept a disconnected topology instead of refusing it",
     "dataset": "digits, mnist, fashion-mnist, cifar10, cifar100, mnist1d, shakespeare, npz:PATH",
     "data_dir": "directory holding the dataset files (default: the dataset's usual place)",
+    "download": "download the dataset if missing (mnist, fashion-mnist, cifar10/100; needs internet)",
     "partition": "iid, dirichlet:ALPHA, shards:K or natural",
     "model": "logreg, mlp, cnn, resnet18 or charlstm",
     "merge": "age-weighted, average, replace or none (peers train alone)",
@@ -75,6 +76,7 @@ class SimConfig:
     allow_disconnected: bool = False
     dataset: str = "digits"
     data_dir: str | None = None
+    download: bool = False
     partition: str = "iid"
     model: str = "mlp"
     merge: str = "age-weighted"

@@ -23,7 +23,7 @@ import torch
 from gossip.datasets import Dataset, load_dataset
 from gossip.learner import Learner, LocalData, resolve_device
 from gossip.models import build_model
-from gossip.partition import label_distribution, partition
+from gossip.partition import label_distribution, partition, partition_generator
 from peers.peer import Peer
 from sampling.uniform import NeighbourSampler, UniformSampler
 from sim.churn import ChurnController, parse_churn
@@ -71,12 +71,14 @@ def build_world(config: SimConfig, dataset: Dataset | None = None) -> World:
     """Create the peers of ``config`` (optionally on an already loaded dataset)."""
     torch.set_num_threads(config.threads)
     streams = np.random.SeedSequence(config.seed).spawn(5 + config.peers)
-    rng_part, rng_topo, rng_net, rng_churn, rng_eval = (
-        np.random.default_rng(s) for s in streams[:5]
-    )
+    rng_topo, rng_net, rng_churn, rng_eval = (np.random.default_rng(s) for s in streams[1:5])
+    # streams[0]: the partition, drawn exactly as real nodes draw it (partition_generator).
+    rng_part = partition_generator(config.seed)
     peer_streams = streams[5:]
 
-    data = dataset or load_dataset(config.dataset, root=config.data_dir, seed=config.seed)
+    data = dataset or load_dataset(
+        config.dataset, root=config.data_dir, download=config.download, seed=config.seed
+    )
     graph = build_topology(
         config.topology, config.peers, rng_topo, allow_disconnected=config.allow_disconnected
     )

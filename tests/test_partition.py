@@ -179,3 +179,12 @@ def test_label_distribution_counts() -> None:
     counts = label_distribution(labels, [np.array([0, 3]), np.array([1, 2, 4, 5])], 4)
     np.testing.assert_array_equal(counts, [[1, 0, 1, 0], [0, 2, 2, 0]])
     assert counts.dtype == np.int64
+
+
+def test_partition_generator_is_the_first_child_of_the_seed() -> None:
+    from gossip.partition import partition_generator
+
+    expected = np.random.default_rng(np.random.SeedSequence(5).spawn(3)[0]).integers(
+        1 << 30, size=4
+    )
+    assert partition_generator(5).integers(1 << 30, size=4).tolist() == expected.tolist()
