@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 
 from gossip.errors import ConfigError
+from gossip.seeding import PARTITION, generator
 
 PartitionKind = Literal["iid", "dirichlet", "shards", "natural"]
 _USAGE = "use iid, dirichlet:ALPHA (ALPHA > 0), shards:K (K >= 1) or natural"
@@ -168,7 +169,7 @@ def partition_generator(seed: int) -> np.random.Generator:
     The simulator and real nodes both use it, so ``gossip-node --seed S --node-index i`` holds
     exactly the shard that simulated peer ``i`` holds with ``gossip-sim --seed S``.
     """
-    return np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+    return generator(seed, PARTITION)
 
 
 def partition(

@@ -26,6 +26,7 @@ from gossip.errors import ConfigError, GossipError
 from gossip.learner import Learner, LearnerConfig, LocalData
 from gossip.models import build_model
 from gossip.partition import partition, partition_generator
+from gossip.seeding import peer_stream, peer_torch_seed
 from peers.auth import AuthConfig, MessageSigner, MessageVerifier, load_key_file
 from peers.checkpoint import CheckpointStore
 from peers.http_transport import HttpConfig, HttpTransport
@@ -105,8 +106,12 @@ class Node:
         )  # fmt: skip
         indices = None if shard is None else torch.as_tensor(shard)
         local = LocalData(self.dataset.x_train, self.dataset.y_train, indices)
+        # Node i draws what simulated peer i draws; without a node index, an index from the id.
+        index = config.node_index
+        if index is None:
+            index = (1 << 20) + zlib.crc32(self.node_id.encode())
         self.learner = Learner(
-            model, local, learner_config, seed=config.seed * 7919 + (config.node_index or 0)
+            model, local, learner_config, seed=peer_torch_seed(config.seed, index)
         )
         self.schema = self.learner.state.schema
         keys = load_key_file(config.auth_key_file) if config.auth_key_file else None
@@ -124,7 +129,7 @@ class Node:
             MessageVerifier(auth),
             client_ssl_context(config),
         )
-        rng = np.random.default_rng([config.seed, zlib.crc32(self.node_id.encode())])
+        rng = np.random.default_rng(peer_stream(config.seed, index))
         self.sampler = UniformSampler(
             self.node_id, [e.peer_id for e in self.others], rng, failure_backoff=3
         )
@@ -181,9 +186,9 @@ class Node:
         if ckpt is None:
             return
         self.learner.state.load_flat(ckpt.flat.to(self.learner.state.flat.device), ckpt.age)
-        for key in ("merges", "train_steps", "samples_trained", "pushes", "received", "accepted"):
-            if isinstance(ckpt.counters.get(key), int):
-                setattr(self.peer.counters, key, ckpt.counters[key])
+        for key, value in ckpt.counters.items():
+            if isinstance(value, int) and isinstance(getattr(self.peer.counters, key, None), int):
+                setattr(self.peer.counters, key, value)
         self.peer.republish()
         self.restored_from = f"checkpoint {ckpt.seq}"
         log.info("resumed from checkpoint %d: age %d", ckpt.seq, ckpt.age)

@@ -109,6 +109,8 @@ class NodeServer:
         )
 
     def _refuse(self, reason: str, status: int = 400) -> web.Response:
+        # Every incoming push counts as received: received == accepted + sum(rejected).
+        self.peer.counters.received += 1
         self.peer.counters.rejected[reason] += 1
         return web.json_response({"accepted": False, "reason": reason}, status=status)
 

@@ -20,10 +20,12 @@ import networkx as nx
 import numpy as np
 import torch
 
+from gossip import seeding
 from gossip.datasets import Dataset, load_dataset
 from gossip.learner import Learner, LocalData, resolve_device
 from gossip.models import build_model
 from gossip.partition import label_distribution, partition, partition_generator
+from gossip.seeding import generator, peer_stream, peer_torch_seed
 from peers.peer import Peer
 from sampling.uniform import NeighbourSampler, UniformSampler
 from sim.churn import ChurnController, parse_churn
@@ -70,11 +72,11 @@ def peer_id(i: int) -> str:
 def build_world(config: SimConfig, dataset: Dataset | None = None) -> World:
     """Create the peers of ``config`` (optionally on an already loaded dataset)."""
     torch.set_num_threads(config.threads)
-    streams = np.random.SeedSequence(config.seed).spawn(5 + config.peers)
-    rng_topo, rng_net, rng_churn, rng_eval = (np.random.default_rng(s) for s in streams[1:5])
-    # streams[0]: the partition, drawn exactly as real nodes draw it (partition_generator).
-    rng_part = partition_generator(config.seed)
-    peer_streams = streams[5:]
+    rng_topo, rng_net, rng_churn, rng_eval = (
+        generator(config.seed, key)
+        for key in (seeding.TOPOLOGY, seeding.NETWORK, seeding.CHURN, seeding.EVALUATION)
+    )
+    rng_part = partition_generator(config.seed)  # exactly as real nodes draw it
 
     data = dataset or load_dataset(
         config.dataset, root=config.data_dir, download=config.download, seed=config.seed
@@ -101,12 +103,12 @@ def build_world(config: SimConfig, dataset: Dataset | None = None) -> World:
             vocab_size=data.vocab_size,
             generator_seed=config.seed,
         )
-        torch_seed = int(peer_streams[i].generate_state(1)[0])
+        torch_seed = peer_torch_seed(config.seed, i)
         local = LocalData(x_train, y_train, torch.as_tensor(parts[i], device=device))
         learner = Learner(model, local, learner_cfg, seed=torch_seed)
         if network is None:
             network = SimNetwork(config.network_config(), learner.state.schema, rng_net)
-        rng = np.random.default_rng(peer_streams[i])
+        rng = np.random.default_rng(peer_stream(config.seed, i))
         if config.sampler == "uniform":
             sampler: UniformSampler = UniformSampler(ids[i], ids, rng)
         else:

@@ -198,7 +198,8 @@ async def test_bad_input_is_refused_and_changes_nothing(lone_node: Node, case: s
     before = lone_node.learner.state.param_hash(), lone_node.learner.state.age
     code, body = await _post(lone_node, make(lone_node))
     assert (code, body) == (status, {"accepted": False, "reason": reason})
-    assert lone_node.peer.counters.rejected[reason] == 1
+    c = lone_node.peer.counters
+    assert c.rejected[reason] == 1 and c.received == c.accepted + sum(c.rejected.values()) == 1
     await asyncio.sleep(0.1)  # give a (wrongly) queued message the chance to be merged
     assert (lone_node.learner.state.param_hash(), lone_node.learner.state.age) == before
     assert lone_node.peer.counters.merges == 0
@@ -285,7 +286,8 @@ async def test_replayed_message_is_refused(secured_node: Node) -> None:
     body = _message(secured_node, flat=torch.ones_like(secured_node.learner.state.flat))
     headers = _signed(secured_node, body)
     assert (await _post(secured_node, body, headers))[0] == 202
-    await _wait_until(lambda: secured_node.peer.counters.merges == 1)
+    # merge_latencies grows once the whole update (merge, then training) has finished.
+    await _wait_until(lambda: len(secured_node.peer.merge_latencies) == 1)
     after_first = secured_node.learner.state.param_hash()
     code, answer = await _post(secured_node, body, headers)
     assert (code, answer["reason"]) == (401, "replay")
