@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from gossip.errors import ConfigError
+from gossip.fastpath import LinearStackStep
 from gossip.optim import FlatSGD
 from gossip.state import ModelState
 
@@ -31,6 +32,8 @@ class LearnerConfig:
     lr: learning rate. momentum: SGD momentum (0 keeps SGD stateless, cheap per peer).
     weight_decay: L2 penalty. batch_size: samples per local step.
     device: ``auto`` (cuda when available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``.
+    fast_path: train Linear/ReLU stacks (logreg, mlp) with SGD through the hand-written step
+    of :mod:`gossip.fastpath` instead of autograd (same gradients, several times faster).
     """
 
     optimizer: str = "sgd"
@@ -39,6 +42,7 @@ class LearnerConfig:
     weight_decay: float = 0.0
     batch_size: int = 32
     device: str = "auto"
+    fast_path: bool = True
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -86,11 +90,6 @@ class LocalData:
         idx = None if self.indices is None else self.indices.to(device)
         return LocalData(self.x.to(device), self.y.to(device), idx)
 
-    def rows(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The samples at local ``positions`` (0..len-1)."""
-        rows = positions if self.indices is None else self.indices[positions]
-        return self.x[rows], self.y[rows]
-
 
 @dataclass(frozen=True)
 class TrainStats:
@@ -124,6 +123,11 @@ class Learner:
         self.state = ModelState.bind(self.model, age=age)
         self.data = data.to(self.device)
         self.optimizer = self._make_optimizer()
+        self._fast = (
+            LinearStackStep.build(self.model)
+            if config.fast_path and isinstance(self.optimizer, FlatSGD)
+            else None
+        )
         self.loss_fn = nn.CrossEntropyLoss()
         self.model.train()  # once: walking the module tree every step is costly
         # Batch order comes from a CPU generator so that it is identical on every device.
@@ -139,15 +143,18 @@ class Learner:
             self.model, self.state, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay
         )
 
-    def _next_batch(self) -> torch.Tensor:
-        """Local positions of the next minibatch, reshuffling at each epoch boundary."""
-        n, b = len(self.data), min(self.config.batch_size, len(self.data))
+    def _next_rows(self) -> torch.Tensor:
+        """Dataset rows of the next minibatch. Once per epoch the local rows are permuted
+        (on the device), so that a step is one slice and one gather."""
+        n = len(self.data)
+        b = min(self.config.batch_size, n)
         if self._cursor + b > len(self._order):
-            self._order = torch.randperm(n, generator=self._generator)
+            perm = torch.randperm(n, generator=self._generator).to(self.device, non_blocking=True)
+            self._order = perm if self.data.indices is None else self.data.indices[perm]
             self._cursor = 0
-        batch = self._order[self._cursor : self._cursor + b]
+        rows = self._order[self._cursor : self._cursor + b]
         self._cursor += b
-        return batch.to(self.device, non_blocking=True)
+        return rows
 
     def train(self, steps: int | None = None, epochs: float | None = None) -> TrainStats:
         """Run ``steps`` minibatch steps, or enough steps for ``epochs`` passes (default 1 step)."""
@@ -161,10 +168,14 @@ class Learner:
         total_loss = torch.zeros((), device=self.device)
         samples = 0
         for _ in range(steps):
-            x, y = self.data.rows(self._next_batch())
-            self.optimizer.zero_grad()
-            loss = self.loss_fn(self.model(x), y)
-            loss.backward()
+            rows = self._next_rows()
+            x, y = self.data.x.index_select(0, rows), self.data.y.index_select(0, rows)
+            if self._fast is not None:
+                loss = self._fast.loss_and_grads(x, y)  # writes the gradients itself
+            else:
+                self.optimizer.zero_grad()
+                loss = self.loss_fn(self.model(x), y)
+                loss.backward()
             self.optimizer.step()
             total_loss += loss.detach()
             samples += len(y)

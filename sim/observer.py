@@ -18,25 +18,24 @@ from gossip.learner import evaluate_model
 from peers.peer import Peer
 from sim.network import SimNetwork
 
-_CHUNK = 128  # peers stacked at once for the consensus distance (bounds memory)
-
 
 def consensus_distance(flats: Sequence[torch.Tensor]) -> float:
     """Mean squared distance of the peer models to their average, ``mean_i ||w_i - w̄||²``.
 
-    Computed in float64 over chunks of peers, so a thousand large models never sit in one
-    stacked tensor.
+    Streams over the peers in float64 with one reused buffer: a thousand models are never
+    stacked (that was memory-bound and allocated hundreds of MB per evaluation).
     """
     if not flats:
         return float("nan")
     total = torch.zeros_like(flats[0], dtype=torch.float64)
-    for i in range(0, len(flats), _CHUNK):
-        total += torch.stack(list(flats[i : i + _CHUNK])).double().sum(0)
-    mean = total / len(flats)
+    for f in flats:
+        total.add_(f)
+    mean = total.div_(len(flats))
+    diff = torch.empty_like(mean)
     sq = 0.0
-    for i in range(0, len(flats), _CHUNK):
-        chunk = torch.stack(list(flats[i : i + _CHUNK])).double()
-        sq += float(((chunk - mean) ** 2).sum())
+    for f in flats:
+        torch.sub(f, mean, out=diff)
+        sq += float(torch.dot(diff, diff))
     return sq / len(flats)
 
 
