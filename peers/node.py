@@ -83,6 +83,8 @@ class Node:
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
+        if config.threads:
+            torch.set_num_threads(config.threads)
         entries = load_peers(config.peers)
         me = find_self(
             entries,

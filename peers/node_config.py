@@ -56,6 +56,7 @@ NODE_HELP: dict[str, str] = {
     "log_format": "text or json (one object per line)",
     "status_every": "seconds between status log lines",
     "seed": "seed of the shared partition, the initial model and this node's randomness",
+    "threads": "torch CPU threads (0: torch's default; use 1 when several nodes share a machine)",
 }
 
 
@@ -101,6 +102,7 @@ class NodeConfig:
     log_format: str = "text"
     status_every: float = 10.0
     seed: int = 0
+    threads: int = 0
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

@@ -301,3 +301,10 @@ def test_read_meta_checks_the_header_without_the_tensors() -> None:
     assert _reason(blob) is RejectReason.NON_FINITE
     with pytest.raises(CodecError):
         read_meta(GOOD[:20], STATE.schema)
+
+
+def test_huge_finite_values_whose_sum_overflows_are_accepted() -> None:
+    flat = STATE.flat.clone()
+    flat[:4] = 3e38  # finite in float32; their sum is not
+    out = decode(encode(flat, STATE.schema, _meta(STATE)), STATE.schema)
+    assert torch.equal(out.flat, flat)

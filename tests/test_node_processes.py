@@ -100,7 +100,7 @@ class Cluster:
             "--checkpoint-dir", str(self.ckpt_dir(i)),
             "--checkpoint-every", "1.0",
             "--status-every", "2.0",
-            "--device", "cpu",
+            "--device", "cpu", "--threads", "1",
             "--log-format", "json",
         ]  # fmt: skip
 
