@@ -38,12 +38,15 @@ import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
 from gossip.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gossip.datasets import Dataset
 
 # Feature maps above this size (per spatial dimension) are average-pooled to it before the
 # CNN's FC layer; 1-D signals are capped at its square.
@@ -334,3 +337,11 @@ def build_model(
         torch.default_generator.manual_seed(generator_seed)
         model = info.builder(spec)
     return model
+
+
+def build_model_for(name: str, data: Dataset, seed: int) -> nn.Module:
+    """:func:`build_model` sized for ``data``. Every peer of a run calls it with the run's
+    seed, so that all start from the same initial model, as in Gossip Learning."""
+    return build_model(
+        name, data.input_shape, data.num_classes, vocab_size=data.vocab_size, generator_seed=seed
+    )

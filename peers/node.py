@@ -24,7 +24,7 @@ from aiohttp import web
 from gossip.datasets import Dataset, load_dataset
 from gossip.errors import ConfigError, GossipError
 from gossip.learner import Learner, LearnerConfig, LocalData
-from gossip.models import build_model
+from gossip.models import build_model_for
 from gossip.partition import partition, partition_generator
 from gossip.seeding import peer_stream, peer_torch_seed
 from peers.auth import AuthConfig, MessageSigner, MessageVerifier, load_key_file
@@ -102,10 +102,7 @@ class Node:
             batch_size=config.batch_size,
             device=config.device,
         )
-        model = build_model(
-            config.model, self.dataset.input_shape, self.dataset.num_classes,
-            vocab_size=self.dataset.vocab_size, generator_seed=config.seed,
-        )  # fmt: skip
+        model = build_model_for(config.model, self.dataset, config.seed)
         indices = None if shard is None else torch.as_tensor(shard)
         local = LocalData(self.dataset.x_train, self.dataset.y_train, indices)
         # Node i draws what simulated peer i draws; without a node index, an index from the id.

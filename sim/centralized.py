@@ -9,7 +9,7 @@ import torch
 
 from gossip.datasets import Dataset, load_dataset
 from gossip.learner import Learner, LocalData
-from gossip.models import build_model
+from gossip.models import build_model_for
 from sim.config import SimConfig
 
 
@@ -32,13 +32,7 @@ def train_centralized(
     data = dataset or load_dataset(
         config.dataset, root=config.data_dir, download=config.download, seed=config.seed
     )
-    model = build_model(
-        config.model,
-        data.input_shape,
-        data.num_classes,
-        vocab_size=data.vocab_size,
-        generator_seed=config.seed,
-    )
+    model = build_model_for(config.model, data, config.seed)
     learner = Learner(
         model, LocalData(data.x_train, data.y_train), config.learner_config(), seed=config.seed
     )

@@ -23,7 +23,7 @@ import torch
 from gossip import seeding
 from gossip.datasets import Dataset, load_dataset
 from gossip.learner import Learner, LocalData, resolve_device
-from gossip.models import build_model
+from gossip.models import build_model_for
 from gossip.partition import label_distribution, partition, partition_generator
 from gossip.seeding import generator, peer_stream, peer_torch_seed
 from peers.peer import Peer
@@ -95,14 +95,7 @@ def build_world(config: SimConfig, dataset: Dataset | None = None) -> World:
     peers: list[Peer] = []
     peer_cfg, learner_cfg = config.peer_config(), config.learner_config()
     for i in range(config.peers):
-        # Every peer starts from the same initial model, as in Gossip Learning.
-        model = build_model(
-            config.model,
-            data.input_shape,
-            data.num_classes,
-            vocab_size=data.vocab_size,
-            generator_seed=config.seed,
-        )
+        model = build_model_for(config.model, data, config.seed)
         torch_seed = peer_torch_seed(config.seed, i)
         local = LocalData(x_train, y_train, torch.as_tensor(parts[i], device=device))
         learner = Learner(model, local, learner_cfg, seed=torch_seed)

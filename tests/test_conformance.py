@@ -18,12 +18,12 @@ within tolerances, the accounting exactly where it can be.
 from __future__ import annotations
 
 import asyncio
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from netutil import free_ports
 
 from gossip.datasets import load_dataset
 from peers.node import Node, local_data
@@ -54,20 +54,6 @@ SIM = SimConfig(
     batch_size=BATCH_SIZE,
     local_steps=LOCAL_STEPS,
 )
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports the OS considers free now (all bound at once, then released)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def node_configs(tmp_path: Path) -> list[NodeConfig]:

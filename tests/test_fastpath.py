@@ -38,8 +38,15 @@ def test_gradients_equal_autograd(name: str, shape: tuple[int, ...]) -> None:
 
 def test_only_plain_linear_relu_stacks_qualify() -> None:
     assert LinearStackStep.build(_model_with_grads(nn.Sequential(nn.Linear(3, 2)))) is not None
-    assert LinearStackStep.build(_model_with_grads(nn.Sequential(nn.Linear(3, 2), nn.Tanh(), nn.Linear(2, 2)))) is None
-    assert LinearStackStep.build(_model_with_grads(nn.Sequential(nn.Linear(3, 2), nn.ReLU()))) is None
+    assert (
+        LinearStackStep.build(
+            _model_with_grads(nn.Sequential(nn.Linear(3, 2), nn.Tanh(), nn.Linear(2, 2)))
+        )
+        is None
+    )
+    assert (
+        LinearStackStep.build(_model_with_grads(nn.Sequential(nn.Linear(3, 2), nn.ReLU()))) is None
+    )
     assert LinearStackStep.build(_model_with_grads(build_model("cnn", (1, 8, 8), 10))) is None
     assert LinearStackStep.build(nn.Sequential(nn.Linear(3, 2))) is None  # no flat gradients
 
@@ -53,7 +60,12 @@ def test_learner_trajectory_matches_the_autograd_path() -> None:
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(200, 64, generator=g), torch.randint(0, 10, (200,), generator=g)
     learners = [
-        Learner(build_model("mlp", (64,), 10), LocalData(x, y), LearnerConfig(lr=0.1, device="cpu", fast_path=fast), seed=5)
+        Learner(
+            build_model("mlp", (64,), 10),
+            LocalData(x, y),
+            LearnerConfig(lr=0.1, device="cpu", fast_path=fast),
+            seed=5,
+        )
         for fast in (True, False)
     ]
     assert learners[0]._fast is not None and learners[1]._fast is None

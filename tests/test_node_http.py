@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 import torch
+from netutil import free_ports
 
 from gossip.codec import MessageMeta, decode, encode
 from peers.auth import AUTH_HEADER, AuthConfig, MessageSigner, format_shared_key, write_key_file
@@ -22,16 +23,6 @@ from peers.node import Node
 from peers.node_config import NodeConfig
 
 KEY = bytes(range(32))
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _config(tmp_path: Path, port: int, peers: list[int], **kw: Any) -> NodeConfig:
@@ -55,7 +46,7 @@ async def _started(config: NodeConfig) -> Node:
 @pytest.fixture
 async def lone_node(tmp_path: Path) -> AsyncIterator[Node]:
     """A node whose only peer is down: its model changes only if a pushed model is merged."""
-    port, dead = _free_ports(2)
+    port, dead = free_ports(2)
     node = await _started(_config(tmp_path, port, [port, dead], age_guard="refuse"))
     yield node
     await node.stop()
@@ -97,7 +88,7 @@ async def _wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> N
 
 
 async def test_two_nodes_exchange_models_and_ages_grow(tmp_path: Path) -> None:
-    a_port, b_port = _free_ports(2)
+    a_port, b_port = free_ports(2)
     a = await _started(_config(tmp_path, a_port, [a_port, b_port]))
     b = await _started(_config(tmp_path, b_port, [a_port, b_port]))
     try:
@@ -137,7 +128,7 @@ async def test_two_nodes_exchange_models_and_ages_grow(tmp_path: Path) -> None:
 
 
 async def test_pull_mode_over_http(tmp_path: Path) -> None:
-    a_port, b_port = _free_ports(2)
+    a_port, b_port = free_ports(2)
     a = await _started(_config(tmp_path, a_port, [a_port, b_port], mode="pull"))
     b = await _started(_config(tmp_path, b_port, [a_port, b_port], mode="pull"))
     try:
@@ -240,7 +231,7 @@ async def test_slow_sender_is_cut_off(lone_node: Node) -> None:
 async def secured_node(tmp_path: Path) -> AsyncIterator[Node]:
     key_file = tmp_path / "cluster.key"
     write_key_file(key_file, format_shared_key(KEY) + "\n")
-    port, dead = _free_ports(2)
+    port, dead = free_ports(2)
     node = await _started(
         _config(tmp_path, port, [port, dead], auth_key_file=str(key_file), auth_window=30.0)
     )
@@ -298,7 +289,7 @@ async def test_replayed_message_is_refused(secured_node: Node) -> None:
 async def test_secured_nodes_gossip_with_each_other(tmp_path: Path) -> None:
     key_file = tmp_path / "cluster.key"
     write_key_file(key_file, format_shared_key(KEY) + "\n")
-    a_port, b_port = _free_ports(2)
+    a_port, b_port = free_ports(2)
     a = await _started(_config(tmp_path, a_port, [a_port, b_port], auth_key_file=str(key_file)))
     b = await _started(_config(tmp_path, b_port, [a_port, b_port], auth_key_file=str(key_file)))
     try:
@@ -312,7 +303,7 @@ async def test_secured_nodes_gossip_with_each_other(tmp_path: Path) -> None:
 async def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
     from gossip.errors import GossipError
 
-    port, other = _free_ports(2)
+    port, other = free_ports(2)
     holder = socket.socket()
     holder.bind(("127.0.0.1", port))
     holder.listen()
@@ -325,7 +316,7 @@ async def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
 
 
 async def test_stop_writes_a_final_checkpoint_and_restart_resumes(tmp_path: Path) -> None:
-    a_port, b_port = _free_ports(2)
+    a_port, b_port = free_ports(2)
     ckpt = tmp_path / "ckpt-a"
     a = await _started(_config(tmp_path, a_port, [a_port, b_port], checkpoint_dir=str(ckpt)))
     b = await _started(_config(tmp_path, b_port, [a_port, b_port]))
@@ -382,7 +373,7 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
 
 async def test_nodes_gossip_over_tls(tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
-    a_port, b_port = _free_ports(2)
+    a_port, b_port = free_ports(2)
     peers_file = tmp_path / "peers-tls.txt"
     peers_file.write_text(f"https://127.0.0.1:{a_port} a\nhttps://127.0.0.1:{b_port} b\n")
     tls = dict(tls_cert=str(cert), tls_key=str(key), tls_ca=str(cert))

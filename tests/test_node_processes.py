@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netutil import free_ports
 
 from peers.checkpoint import CheckpointStore
 
@@ -43,20 +43,6 @@ def node_command() -> list[str]:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-c", "from peers.cli import main; main()"]
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports the OS considers free now (all bound at once, then released)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def get_json(port: int, path: str) -> Status:
