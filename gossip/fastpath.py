@@ -20,6 +20,13 @@ class LinearStackStep:
 
     def __init__(self, layers: list[tuple[nn.Linear, bool]]) -> None:
         self.layers = layers  # (linear, followed by ReLU)
+        self._ones: torch.Tensor | None = None
+
+    def _minus_ones(self, batch: int, like: torch.Tensor) -> torch.Tensor:
+        """A cached ``(batch, 1)`` tensor of -1 (subtracts the one-hot targets)."""
+        if self._ones is None or self._ones.shape[0] != batch or self._ones.device != like.device:
+            self._ones = torch.full((batch, 1), -1.0, dtype=like.dtype, device=like.device)
+        return self._ones
 
     @classmethod
     def build(cls, model: nn.Module) -> LinearStackStep | None:
@@ -55,11 +62,12 @@ class LinearStackStep:
             pre.append(z if relu else None)
             h = torch.relu(z) if relu else z
         log_p = torch.log_softmax(h, dim=1)
-        loss = -log_p.gather(1, y.unsqueeze(1)).mean()
+        loss = torch.nn.functional.nll_loss(log_p, y)
         # d loss / d logits = (softmax - onehot) / batch
+        batch = y.shape[0]
         dz = log_p.exp_()
-        dz[torch.arange(len(y), device=dz.device), y] -= 1.0
-        dz.div_(len(y))
+        dz.scatter_add_(1, y.unsqueeze(1), self._minus_ones(batch, dz))
+        dz.div_(batch)
         for i in range(len(self.layers) - 1, -1, -1):
             linear, _ = self.layers[i]
             assert linear.weight.grad is not None and linear.bias.grad is not None

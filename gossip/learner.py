@@ -122,6 +122,7 @@ class Learner:
         self.model = model.to(self.device)
         self.state = ModelState.bind(self.model, age=age)
         self.data = data.to(self.device)
+        self._n = len(self.data)  # fixed; len() of a tensor is a Python call per use
         self.optimizer = self._make_optimizer()
         self._fast = (
             LinearStackStep.build(self.model)
@@ -146,9 +147,9 @@ class Learner:
     def _next_rows(self) -> torch.Tensor:
         """Dataset rows of the next minibatch. Once per epoch the local rows are permuted
         (on the device), so that a step is one slice and one gather."""
-        n = len(self.data)
+        n = self._n
         b = min(self.config.batch_size, n)
-        if self._cursor + b > len(self._order):
+        if self._cursor + b > self._order.shape[0]:
             perm = torch.randperm(n, generator=self._generator).to(self.device, non_blocking=True)
             self._order = perm if self.data.indices is None else self.data.indices[perm]
             self._cursor = 0
@@ -158,7 +159,7 @@ class Learner:
 
     def train(self, steps: int | None = None, epochs: float | None = None) -> TrainStats:
         """Run ``steps`` minibatch steps, or enough steps for ``epochs`` passes (default 1 step)."""
-        n = len(self.data)
+        n = self._n
         if n == 0:
             return TrainStats(0, 0, float("nan"))
         if epochs is not None:
