@@ -161,12 +161,13 @@ def breakdown(prof: pstats.Stats) -> tuple[list[tuple[str, float]], float]:
     merge_and_train = _find(st, "peers/peer.py", "_merge_and_train")
     call_impl = _find(st, "torch/nn/modules/module.py", "_wrapped_call_impl")
     backward = _find(st, "torch/_tensor.py", "backward")
+    # logreg/mlp take the hand-written step (gossip/fastpath.py): forward and backward in one.
+    fast_s = _cum(st, _find(st, "gossip/fastpath.py", "loss_and_grads"))  # via no_grad wrapper
     forward_s = _cum_from(st, call_impl, train)
     backward_s = _cum_from(st, backward, train)
     step_s = _cum_from(st, _find(st, "gossip/optim.py", "step"), train)
     step_s += _cum_from(st, _find(st, "gossip/optim.py", "zero_grad"), train)
-    batch_s = _cum_from(st, _find(st, "gossip/learner.py", "_next_batch"), train)
-    batch_s += _cum_from(st, _find(st, "gossip/learner.py", "rows"), train)
+    batch_s = _cum_from(st, _find(st, "gossip/learner.py", "_next_rows"), train)
     train_s = _cum(st, train)
     merge_s = _cum(st, _find(st, "gossip/merge.py", "merge_"))
     snapshot_s = _cum_from(st, _find(st, "peers/peer.py", "_make_snapshot"), merge_and_train)
@@ -180,11 +181,15 @@ def breakdown(prof: pstats.Stats) -> tuple[list[tuple[str, float]], float]:
     select_s = _cum(st, _find(st, "sampling/uniform.py", "select"))
     total = float(prof.total_tt)  # type: ignore[attr-defined]
     rows = [
-        ("forward (model + loss)", forward_s),
-        ("backward (autograd)", backward_s),
+        ("forward + backward (hand-written fast step)", fast_s),
+        ("forward (model + loss, autograd path)", forward_s),
+        ("backward (autograd path)", backward_s),
         ("optimizer (zero_grad + step)", step_s),
         ("minibatch (permutation + gather)", batch_s),
-        ("train(): rest (loss sum, float())", train_s - forward_s - backward_s - step_s - batch_s),
+        (
+            "train(): rest (gather, loss sum)",
+            train_s - fast_s - forward_s - backward_s - step_s - batch_s,
+        ),
         ("merge (age-weighted lerp_)", merge_s),
         ("snapshot clone (publish)", snapshot_s),
         ("update: rest (counters, partial)", update_s - train_s - merge_s - snapshot_s),
