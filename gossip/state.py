@@ -25,7 +25,8 @@ from functools import cached_property
 import torch
 from torch import nn
 
-# The dtype of the flat buffer. Mixed-precision training keeps a float32 master copy too.
+# The usual dtype of the flat buffer; a model whose tensors are all float64 (or float16,
+# bfloat16) keeps that dtype. The wire format carries float32, float16 or int8 values.
 FLAT_DTYPE = torch.float32
 
 
@@ -130,12 +131,15 @@ class ModelState:
         named = exchanged_tensors(module)
         if not named:
             raise ValueError("module has no parameters to exchange")
-        device = named[0][1].device
+        device, dtype = named[0][1].device, named[0][1].dtype
         for name, t in named:
-            if t.device != device:
-                raise ValueError(f"tensor {name} is on {t.device}, expected {device}")
+            if t.device != device or t.dtype != dtype:
+                raise ValueError(
+                    f"tensor {name} is {t.dtype} on {t.device}; all exchanged tensors must be "
+                    f"{dtype} on {device} to share one flat buffer"
+                )
         schema = ModelSchema.from_named_tensors(iter(named))
-        flat = torch.empty(schema.numel, dtype=FLAT_DTYPE, device=device)
+        flat = torch.empty(schema.numel, dtype=dtype, device=device)
         offsets = schema.offsets
         with torch.no_grad():
             for i, (_, t) in enumerate(named):

@@ -58,14 +58,18 @@ shapes = st.lists(
 finite = st.floats(-1e4, 1e4, allow_nan=False, width=32)
 
 
-@given(shapes, st.sampled_from(CODECS), st.integers(0, MAX_AGE), st.data())
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
-def test_round_trip_every_codec(
-    shape_list: list[tuple[int, ...]], codec: str, age: int, data: st.DataObject
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+@given(shapes, st.sampled_from(CODECS), st.sampled_from(DTYPES), st.integers(0, MAX_AGE), st.data())
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+def test_round_trip_every_codec_and_dtype(
+    shape_list: list[tuple[int, ...]], codec: str, dtype: torch.dtype, age: int, data: st.DataObject
 ) -> None:
     schema = _schema_from_shapes(shape_list)
     values = data.draw(st.lists(finite, min_size=schema.numel, max_size=schema.numel))
-    flat = torch.tensor(values, dtype=torch.float32)
+    source = torch.tensor(values, dtype=dtype)  # a model kept in this precision
+    flat = source.float()  # what the wire can carry at best (float64 rounds to float32)
     meta = MessageMeta("peer-a", age, "abc", 1.0, schema.hash, codec)
     out = decode(encode(flat, schema, meta), schema)
     assert out.meta == meta

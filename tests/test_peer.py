@@ -212,3 +212,30 @@ def test_age_inflation_is_capped_or_refused() -> None:
 
     assert run_virtual(refused()) == "age_inflation"
     assert strict.counters.rejected["age_inflation"] == 1
+
+
+def test_a_float64_model_merges_float32_messages() -> None:
+    x64, rng = X.double(), np.random.default_rng(0)
+    learner = Learner(nn.Linear(4, 2).double(), LocalData(x64, Y), LearnerConfig(device="cpu"))
+    network = SimNetwork(NetworkConfig(codec="fp32"), learner.state.schema, rng)
+    peer = Peer(
+        "p0",
+        learner,
+        UniformSampler("p0", ["p0"], rng),
+        network.transport("p0"),
+        PeerConfig(local_steps=1),
+        rng,
+    )
+    learner.state.flat.zero_()
+    learner.state.age = 10
+
+    async def scenario() -> None:
+        peer.start()
+        peer.offer(ModelMessage("p1", 10, torch.ones(learner.state.flat.numel()), 10))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        await peer.stop()
+
+    run_virtual(scenario())
+    assert learner.state.flat.dtype == torch.float64 and peer.counters.merges == 1
+    assert peer.counters.train_steps == 1 and learner.state.age == max(10, 10) + 32

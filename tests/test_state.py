@@ -91,3 +91,20 @@ def test_bad_flat_length_is_refused() -> None:
     schema = ModelSchema((TensorSpec("w", (2,)),))
     with pytest.raises(ValueError):
         ModelState(schema, torch.zeros(3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_other_precisions_keep_their_dtype(dtype: torch.dtype) -> None:
+    model = _model().to(dtype)
+    state = ModelState.bind(model)
+    assert state.flat.dtype == dtype
+    assert state.schema.specs[0].dtype == str(dtype).removeprefix("torch.")
+    state.flat.fill_(0.25)
+    assert all(torch.all(p == 0.25) for p in model.parameters())
+
+
+def test_mixed_dtypes_are_refused() -> None:
+    model = _model()
+    model[2].to(torch.float64)  # type: ignore[operator]
+    with pytest.raises(ValueError, match="share one flat buffer"):
+        ModelState.bind(model)
