@@ -245,14 +245,14 @@ class Peer:
 
     def _merge_and_train(self, message: ModelMessage) -> None:
         state = self.learner.state
-        # With the ``none`` rule the receipt still triggers training, so that peers training
-        # alone get exactly as many steps as gossiping ones: a fair baseline.
         # Received models are decoded to float32 on the CPU; the local model may live on a GPU
         # or in another precision.
         incoming = message.flat.to(
             device=state.flat.device, dtype=state.flat.dtype, non_blocking=True
         )
         state.age = int(self.merge_rule.merge_(state.flat, state.age, incoming, message.age))
+        # With the ``none`` rule the receipt still triggers training, so that peers training
+        # alone get exactly as many steps as gossiping ones: a fair baseline.
         self.counters.merges += int(self.merge_rule.merges)
         if self.config.train_on in ("receive", "both"):
             self._train()
