@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from gossip.errors import ConfigError
+from sim.graph_properties import _shift_invert
 from sim.topology import (
     TOPOLOGIES,
     TopologyInfo,
-    _shift_invert,
     build_topology,
     graph_properties,
     metropolis_matrix,
