@@ -26,8 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
+
+# safetensors' own parser (no pickle), named so it cannot be mistaken for torch.load.
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
 from gossip.errors import ConfigError, GossipError
 
@@ -105,7 +108,7 @@ class CheckpointStore:
             "counters": json.dumps(counters, sort_keys=True),
             "sha256": _sha256(data),
         }
-        body = safetensors.torch.save({"flat": data}, metadata=metadata)
+        body = save_safetensors({"flat": data}, metadata=metadata)
         final = self.directory / f"ckpt-{seq:010d}.safetensors"
         tmp = self.directory / f".ckpt-{seq:010d}.tmp"
         try:
@@ -153,7 +156,7 @@ def _read(path: Path, schema_hash: str) -> Checkpoint:
     except OSError as e:
         raise _Invalid(f"unreadable: {e.strerror or e}") from None
     try:
-        tensors = safetensors.torch.load(raw)  # validates header, offsets and length first
+        tensors = load_safetensors(raw)  # validates header, offsets and length first
         meta = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])["__metadata__"]
     except Exception as e:  # the parser's errors are not one class: any failure is corruption
         raise _Invalid(f"corrupt: {e}") from None
