@@ -6,13 +6,13 @@ Kept free of heavy imports so that ``gossip-node --help`` answers at once.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gossip.age_guard import AgeGuard
 from gossip.errors import ConfigError
+from peers.config_file import config_from_toml
 
 if TYPE_CHECKING:
     from peers.peer import PeerConfig
@@ -142,14 +142,6 @@ class NodeConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> NodeConfig:
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-        table = raw.get("node", raw)
-        unknown = sorted(set(table) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"config file {path}: unknown field(s) {', '.join(unknown)}")
-        return cls(**{**table, **overrides})
+        """Read the same fields from a TOML file (top level or a ``[node]`` table);
+        ``overrides`` (flags given on the command line) win."""
+        return config_from_toml(cls, path, "node", overrides)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gossip.errors import ConfigError
+from peers.config_file import config_from_toml
 
 if TYPE_CHECKING:  # the CLI imports this module for --help: keep torch out of it
     from gossip.learner import LearnerConfig
@@ -173,14 +173,4 @@ class SimConfig:
     def from_toml(cls, path: str | Path, **overrides: Any) -> SimConfig:
         """Read the same fields from a TOML file (top level or a ``[sim]`` table);
         ``overrides`` (flags given on the command line) win."""
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-        table = raw.get("sim", raw)
-        unknown = sorted(set(table) - set(cls.field_names()))
-        if unknown:
-            raise ConfigError(f"config file {path}: unknown field(s) {', '.join(unknown)}")
-        return cls(**{**table, **overrides})
+        return config_from_toml(cls, path, "sim", overrides)
