@@ -183,6 +183,13 @@ class Learner:
         self.state.age += samples
         return TrainStats(steps, samples, float(total_loss) / steps)
 
+    def reset_optimizer_state(self) -> None:
+        """Forget momentum / Adam moments (after the model was rolled back to a snapshot)."""
+        if isinstance(self.optimizer, FlatSGD):
+            self.optimizer.reset_state()
+        else:
+            self.optimizer.state.clear()
+
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> EvalStats:
         """Mean cross-entropy loss and accuracy of the current model on ``(x, y)``."""

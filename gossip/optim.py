@@ -43,6 +43,10 @@ class FlatSGD:
         # Floating buffers live in the flat vector too but must not be decayed.
         self._decay_mask = None if bool(trainable.all()) else trainable.to(state.flat.dtype)
 
+    def reset_state(self) -> None:
+        """Drop the momentum buffer (its values may come from a model that was rolled back)."""
+        self._momentum_buf = None
+
     def zero_grad(self) -> None:
         self.grad.zero_()
 

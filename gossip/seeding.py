@@ -13,6 +13,8 @@ import numpy as np
 
 PARTITION, TOPOLOGY, NETWORK, CHURN, EVALUATION = range(5)
 _FIRST_PEER = 5
+# Keys above every peer index (ids derive node indices below 2**33): who attacks.
+ATTACK = 1 << 40
 
 
 def stream(seed: int, key: int) -> np.random.SeedSequence:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+import logging
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,15 +24,19 @@ from functools import partial
 from typing import Protocol, TypeVar
 
 import numpy as np
+import torch
 
 from gossip.age_guard import AgeGuard
 from gossip.errors import ConfigError
 from gossip.learner import Learner
-from gossip.merge import get_merge_rule
+from gossip.robust.attacks import Attacker, AttackSpec
+from gossip.robust.merger import Merger, parse_merge_spec
+from gossip.robust.screen import DistanceScreen, NormScreen
 from peers.transport import ModelMessage, ModelSnapshot, SendOutcome, Transport
 from sampling.base import PeerSampler
 
 T = TypeVar("T")
+log = logging.getLogger("gossip.peer")
 MODES = ("push", "pull", "push-pull")
 TRAIN_ON = ("receive", "timer", "both")
 
@@ -50,7 +54,10 @@ class PeerConfig:
     or ``both``. inbox_size: received models waiting to be merged; beyond it, refused as
     ``busy`` (HTTP 429 in a real node). train_cost: virtual seconds one training step takes
     in the simulator (real nodes take what they take). age_guard: how implausibly large
-    received ages are treated (see :mod:`gossip.age_guard`).
+    received ages are treated (see :mod:`gossip.age_guard`). screen / screen_distance: the
+    norm and distance screens' factors (:mod:`gossip.robust.screen`; 0 = off). window: distinct recent senders the screen
+    and the robust merge rules remember. attack: ``none`` or an attack kind
+    (:mod:`gossip.robust.attacks`): this peer then gossips poison instead of its model.
     """
 
     period: float = 1.0
@@ -63,6 +70,10 @@ class PeerConfig:
     inbox_size: int = 16
     train_cost: float = 0.0
     age_guard: AgeGuard = field(default_factory=AgeGuard)
+    screen: float = 10.0
+    screen_distance: float = 4.0
+    window: int = 8
+    attack: str = "none"
 
     def __post_init__(self) -> None:
         if not self.period > 0:
@@ -79,7 +90,14 @@ class PeerConfig:
             )
         if self.local_steps < 0 or self.inbox_size < 1 or self.train_cost < 0:
             raise ConfigError("local_steps and train_cost must be >= 0 and inbox_size >= 1")
-        get_merge_rule(self.merge)  # validates the name
+        if self.window < 1:
+            raise ConfigError(f"window must be at least 1 sender, got {self.window}")
+        for name in ("screen", "screen_distance"):
+            value = getattr(self, name)
+            if not (value == 0 or 1 <= value < float("inf")):
+                raise ConfigError(f"{name} factor must be 0 (off) or >= 1, got {value}")
+        parse_merge_spec(self.merge)  # validates the name
+        AttackSpec.parse(self.attack, need_fraction=False)
 
 
 @dataclass
@@ -95,6 +113,8 @@ class PeerCounters:
     rejected: Counter[str] = field(default_factory=Counter)
     merges: int = 0
     age_capped: int = 0
+    rollbacks: int = 0
+    errors: int = 0
     train_steps: int = 0
     samples_trained: int = 0
 
@@ -146,6 +166,7 @@ class Peer:
         config: PeerConfig,
         rng: np.random.Generator,
         compute: Compute | None = None,
+        attacker: Attacker | None = None,
     ) -> None:
         self.peer_id = peer_id
         self.learner = learner
@@ -154,14 +175,35 @@ class Peer:
         self.config = config
         self.rng = rng
         self.compute: Compute = compute or InlineCompute()
-        self.merge_rule = get_merge_rule(config.merge)
+        self.merger = Merger(config.merge, config.window)
+        self.screen = NormScreen(config.screen, config.window)
+        self.distance_screen = DistanceScreen(config.screen_distance, config.window)
+        self.allowance = config.age_guard.allowance(*self._training_rate())
+        attack = AttackSpec.parse(config.attack, need_fraction=False)
+        if attacker is None and attack.active:
+            attacker = Attacker(attack.kind, int(rng.integers(2**63)), window=config.window)
+        self.attacker = attacker
         self.counters = PeerCounters()
         self._inbox: asyncio.Queue[tuple[ModelMessage, float]] | None = None
         # Receive-to-merge latencies (loop seconds) of the most recent merges.
         self.merge_latencies: deque[float] = deque(maxlen=4096)
         self._tasks: list[asyncio.Task[None]] = []
-        self._snapshot = self._make_snapshot()
+        self._good_norm: float | None = None
+        self._good = self._snapshot = self._make_snapshot()
+        self._publish()
         transport.attach(self)
+
+    def _training_rate(self) -> tuple[float, float]:
+        """(samples trained per second, samples per update) in an honest steady state: the
+        age guard's default credit is derived from them."""
+        c = self.config
+        n = len(self.learner.data)
+        batch = min(self.learner.config.batch_size, n) if n else self.learner.config.batch_size
+        per_update = float(
+            c.local_steps * batch if c.local_epochs is None else max(batch, c.local_epochs * n)
+        )
+        updates = (2.0 if c.mode == "push-pull" else 1.0) + (c.train_on != "receive")
+        return updates * max(per_update, 1.0) / c.period, max(per_update, 1.0)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -200,21 +242,24 @@ class Peer:
     # ------------------------------------------------------------------ receiving
 
     def offer(self, message: ModelMessage) -> str | None:
-        """Called by the transport with a decoded, validated model. None if queued, else why not."""
+        """Called by the transport with a decoded, validated model. None if queued, else why
+        not: ``offline``, ``outlier`` (the norm screen), ``age_inflation`` (the age guard's
+        ``refuse`` policy) or ``busy`` (full inbox). A refused message changes nothing."""
         self.counters.received += 1
         reason: str | None = None
-        age, note = self.config.age_guard.check(message.age, self.learner.state.age)
         if self._inbox is None:
             reason = "offline"
-        elif age is None:
-            reason = note
-        elif self._inbox.full():
-            reason = "busy"
-        else:
-            if note is not None:
-                self.counters.age_capped += 1
-                message = dataclasses.replace(message, age=age)
-            self._inbox.put_nowait((message, asyncio.get_running_loop().time()))
+        elif self.merger.merges:
+            reason = self._screen(message)
+        if reason is None and self.allowance.policy == "refuse":
+            now = asyncio.get_running_loop().time()
+            reason = self.allowance.check(message.age, self.learner.state.age, now)[1]
+        if reason is None:
+            assert self._inbox is not None
+            if self._inbox.full():
+                reason = "busy"
+            else:
+                self._inbox.put_nowait((message, asyncio.get_running_loop().time()))
         if reason is None:
             self.counters.accepted += 1
             self.sampler.report_alive(message.sender)
@@ -222,18 +267,51 @@ class Peer:
             self.counters.rejected[reason] += 1
         return reason
 
+    def _screen(self, message: ModelMessage) -> str | None:
+        """The outlier screens, against the last published honest model (immutable, so the
+        worker may keep training meanwhile)."""
+        reason = None
+        if self.screen.enabled:
+            norm = float(torch.linalg.vector_norm(message.flat))
+            reason = self.screen.check(
+                message.sender, self._local_norm(), norm, message.flat.numel()
+            )
+        if reason is None and self.distance_screen.enabled:
+            good = self._good.flat
+            diff = message.flat.to(device=good.device, dtype=good.dtype) - good
+            distance = float(torch.linalg.vector_norm(diff))
+            reason = self.distance_screen.check(message.sender, self._local_norm(), distance)
+        return reason
+
+    def _local_norm(self) -> float:
+        """Norm of the last published honest model (cached: snapshots are immutable)."""
+        if self._good_norm is None:
+            self._good_norm = float(torch.linalg.vector_norm(self._good.flat))
+        return self._good_norm
+
     def published(self) -> ModelSnapshot:
         return self._snapshot
 
     def republish(self) -> None:
         """Publish the current model again (after it was changed from outside, e.g. restored)."""
-        self._snapshot = self._make_snapshot()
+        self._publish()
 
     # ------------------------------------------------------------------ work
 
     def _make_snapshot(self) -> ModelSnapshot:
         flat, age = self.learner.state.snapshot()
         return ModelSnapshot(self.peer_id, flat, age)
+
+    def _publish(self) -> None:
+        """Snapshot the model after a change: the honest copy is kept to roll back to; an
+        attacker publishes poison made from it instead."""
+        self._good = good = self._make_snapshot()
+        self._good_norm = None
+        if self.attacker is None:
+            self._snapshot = good
+        else:
+            flat, age = self.attacker.poison(good.flat, good.age)
+            self._snapshot = ModelSnapshot(self.peer_id, flat, age)
 
     def _train(self) -> None:
         c = self.config
@@ -243,24 +321,49 @@ class Peer:
         self.counters.train_steps += stats.steps
         self.counters.samples_trained += stats.samples
 
-    def _merge_and_train(self, message: ModelMessage) -> None:
+    def _commit_or_roll_back(self) -> None:
+        """Publish the new model if it is finite; otherwise restore the last published one.
+
+        Whatever a merge or a training step produced (an absurd model that got through, a
+        learning rate that diverges), a peer is never left with a dead model."""
+        state = self.learner.state
+        if bool(torch.isfinite(state.flat).all()):
+            self._publish()
+            return
+        self.counters.rollbacks += 1
+        state.load_flat(self._good.flat, self._good.age)
+        self.learner.reset_optimizer_state()
+
+    def _merge_and_train(self, message: ModelMessage, now: float) -> None:
         state = self.learner.state
         # Received models are decoded to float32 on the CPU; the local model may live on a GPU
         # or in another precision.
         incoming = message.flat.to(
             device=state.flat.device, dtype=state.flat.dtype, non_blocking=True
         )
-        state.age = int(self.merge_rule.merge_(state.flat, state.age, incoming, message.age))
+        if self.attacker is not None:
+            self.attacker.observe(message.sender, incoming)
+        if self.merger.merges:
+            # The age guard: the received age may add at most the credit to ours (no ratchet).
+            age = message.age
+            if self.allowance.policy != "off":
+                bound = self.allowance.bound(state.age, now)
+                if age > bound:
+                    age = bound
+                    self.counters.age_capped += 1
+            before = state.age
+            state.age = self.merger.merge_(state.flat, before, incoming, age, message.sender)
+            self.allowance.spend(before, state.age)
+            self.counters.merges += 1
         # With the ``none`` rule the receipt still triggers training, so that peers training
         # alone get exactly as many steps as gossiping ones: a fair baseline.
-        self.counters.merges += int(self.merge_rule.merges)
         if self.config.train_on in ("receive", "both"):
             self._train()
-        self._snapshot = self._make_snapshot()
+        self._commit_or_roll_back()
 
     def _train_and_publish(self) -> None:
         self._train()
-        self._snapshot = self._make_snapshot()
+        self._commit_or_roll_back()
 
     def _train_cost(self) -> float:
         return self.config.train_cost * self.config.local_steps
@@ -271,18 +374,25 @@ class Peer:
         loop = asyncio.get_running_loop()
         while True:
             message, received_at = await inbox.get()
-            await self.compute.run(partial(self._merge_and_train, message), self._train_cost())
+            work = partial(self._merge_and_train, message, loop.time())
+            await self.compute.run(work, self._train_cost())
             self.merge_latencies.append(loop.time() - received_at)
 
     async def _gossip_loop(self) -> None:
         c = self.config
         await asyncio.sleep(c.period * float(self.rng.random()))
         while True:
-            if c.train_on in ("timer", "both"):
-                await self.compute.run(self._train_and_publish, self._train_cost())
-            target = self.sampler.select()
-            if target is not None:
-                await self._exchange(target)
+            try:
+                if c.train_on in ("timer", "both"):
+                    await self.compute.run(self._train_and_publish, self._train_cost())
+                target = self.sampler.select()
+                if target is not None:
+                    await self._exchange(target)
+            except Exception as e:  # a bug or a failing component must not end gossip silently
+                self.counters.errors += 1
+                log.warning(
+                    "peer %s: gossip round failed: %s: %.200s", self.peer_id, type(e).__name__, e
+                )
             await asyncio.sleep(
                 c.period * (1.0 + c.jitter * (2.0 * float(self.rng.random()) - 1.0))
             )

@@ -28,7 +28,11 @@ FIELD_HELP: dict[str, str] = {
     "download": "download the dataset if missing (mnist, fashion-mnist, cifar10/100; needs internet)",
     "partition": "iid, dirichlet:ALPHA, shards:K or natural",
     "model": "logreg, mlp, cnn, resnet18 or charlstm",
-    "merge": "age-weighted, average, replace or none (peers train alone)",
+    "merge": "age-weighted, average, replace, none (peers train alone), or robust: clipped[:MULT], trimmed-mean[:K], median",
+    "screen": "norm screen: refuse received models whose norm exceeds this many times the honest reference (0 = off)",
+    "screen_distance": "distance screen: refuse received models further than this many times the other senders' median distance (0 = off)",
+    "age_guard": "cap, refuse or off: received ages may add at most a refilling credit to a peer's age",
+    "attack": "none or KIND:FRACTION of peers gossiping poison: sign-flip, random, huge, age-inflation, alie, ipm",
     "mode": "push, pull or push-pull",
     "train_on": "receive (merge then train), timer (train once per period) or both",
     "local_steps": "SGD steps per update",
@@ -62,6 +66,7 @@ class SimConfig:
     sampler: ``neighbours`` (gossip along the topology's edges) or ``uniform`` (any peer).
     dataset / data_dir / partition: the data and how it is split over peers.
     model / merge / mode / train_on / local_steps / batch_size / lr / optimizer: learning.
+    screen / age_guard: the defences of every peer; attack: who gossips poison, and which.
     periods / period / jitter: run length is ``periods * period`` virtual seconds.
     delay / loss / bandwidth / codec / partitions / churn: the network and its failures.
     train_cost: virtual seconds per local training step.
@@ -80,6 +85,10 @@ class SimConfig:
     partition: str = "iid"
     model: str = "mlp"
     merge: str = "age-weighted"
+    screen: float = 10.0
+    screen_distance: float = 4.0
+    age_guard: str = "cap"
+    attack: str = "none"
     mode: str = "push"
     train_on: str = "receive"
     local_steps: int = 1
@@ -114,20 +123,26 @@ class SimConfig:
                 f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}"
             )
         from gossip.partition import parse_partition
+        from gossip.robust.attacks import AttackSpec
         from sim.churn import parse_churn
         from sim.topology import parse_topology
 
         parse_topology(self.topology)
         parse_partition(self.partition)
         parse_churn(self.churn)
+        AttackSpec.parse(self.attack)
         self.peer_config()
         self.learner_config()
         self.network_config()
 
     def peer_config(self) -> PeerConfig:
+        from gossip.age_guard import AgeGuard
         from peers.peer import PeerConfig
 
         return PeerConfig(
+            age_guard=AgeGuard(self.age_guard),
+            screen=self.screen,
+            screen_distance=self.screen_distance,
             period=self.period,
             jitter=self.jitter,
             mode=self.mode,

@@ -57,21 +57,30 @@ class MetricsObserver:
         x_test: torch.Tensor,
         y_test: torch.Tensor,
         eval_indices: Sequence[int],
+        attackers: Sequence[int] = (),
     ) -> None:
         self.peers = list(peers)
+        self.attackers = frozenset(attackers)
         self.network = network
         self.x_test = x_test
         self.y_test = y_test
         self.eval_indices = list(eval_indices)
 
     def record(self, time: float, period: int) -> dict[str, Any]:
-        accs, losses = [], []
+        accs, losses, honest_accs = [], [], []
         for i in self.eval_indices:
             learner = self.peers[i].learner
             stats = evaluate_model(learner.model, self.x_test, self.y_test, learner.device)
             accs.append(stats.accuracy)
             losses.append(stats.loss)
+            if i not in self.attackers:
+                honest_accs.append(stats.accuracy)
         acc = np.asarray(accs)
+        honest = np.asarray(honest_accs) if honest_accs else np.full(1, np.nan)
+        consensus = _round(consensus_distance([p.learner.state.flat for p in self.peers]), 9)
+        honest_flats = [
+            p.learner.state.flat for i, p in enumerate(self.peers) if i not in self.attackers
+        ]
         ages = np.asarray([p.learner.state.age for p in self.peers], dtype=np.float64)
         s = self.network.stats
         counters = [p.counters for p in self.peers]
@@ -85,7 +94,12 @@ class MetricsObserver:
             "acc_p50": _round(_percentile(acc, 50)),
             "acc_p90": _round(_percentile(acc, 90)),
             "loss_mean": _round(float(np.mean(losses))),
-            "consensus": _round(consensus_distance([p.learner.state.flat for p in self.peers]), 9),
+            "acc_honest_mean": _round(float(honest.mean())),
+            "acc_honest_min": _round(float(honest.min())),
+            "consensus": consensus,
+            "consensus_honest": (
+                _round(consensus_distance(honest_flats), 9) if self.attackers else consensus
+            ),
             "age_mean": _round(float(ages.mean()), 3),
             "age_min": int(ages.min()),
             "age_max": int(ages.max()),
@@ -98,6 +112,8 @@ class MetricsObserver:
             "rejected_by_reason": dict(sorted(s.rejected.items())),
             "bytes_sent": s.bytes_sent,
             "merges": sum(c.merges for c in counters),
+            "age_capped": sum(c.age_capped for c in counters),
+            "rollbacks": sum(c.rollbacks for c in counters),
             "train_steps": sum(c.train_steps for c in counters),
             "peers_online": len(self.network.online),
             "peers_evaluated": len(self.eval_indices),

@@ -26,6 +26,7 @@ from gossip.datasets import Dataset, load_dataset
 from gossip.learner import Learner, LocalData, resolve_device
 from gossip.models import build_model_for
 from gossip.partition import label_distribution, partition, partition_generator
+from gossip.robust.attacks import Attacker, AttackSpec
 from gossip.seeding import generator, peer_stream, peer_torch_seed
 from peers.peer import Peer
 from sampling.uniform import NeighbourSampler, UniformSampler
@@ -52,6 +53,7 @@ class World:
     network: SimNetwork
     churn: ChurnController
     observer: MetricsObserver
+    attackers: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -68,6 +70,16 @@ class SimResult:
 
 def peer_id(i: int) -> str:
     return f"p{i}"
+
+
+def choose_attackers(config: SimConfig) -> list[int]:
+    """The peers that gossip poison: ``round(fraction * peers)`` of them, from the seed."""
+    spec = AttackSpec.parse(config.attack)
+    count = round(spec.fraction * config.peers) if spec.active else 0
+    if count == 0:
+        return []
+    rng = generator(config.seed, seeding.ATTACK)
+    return sorted(rng.choice(config.peers, count, replace=False).tolist())
 
 
 def build_world(config: SimConfig, dataset: Dataset | None = None) -> World:
@@ -95,6 +107,8 @@ def build_world(config: SimConfig, dataset: Dataset | None = None) -> World:
     network: SimNetwork | None = None
     peers: list[Peer] = []
     peer_cfg, learner_cfg = config.peer_config(), config.learner_config()
+    attackers = choose_attackers(config)
+    attack = AttackSpec.parse(config.attack)
     for i in range(config.peers):
         model = build_model_for(config.model, data, config.seed)
         torch_seed = peer_torch_seed(config.seed, i)
@@ -107,7 +121,14 @@ def build_world(config: SimConfig, dataset: Dataset | None = None) -> World:
             sampler: UniformSampler = UniformSampler(ids[i], ids, rng)
         else:
             sampler = NeighbourSampler(ids[i], [ids[j] for j in sorted(graph.neighbors(i))], rng)
-        peers.append(Peer(ids[i], learner, sampler, network.transport(ids[i]), peer_cfg, rng))
+        attacker = None
+        if i in attackers:
+            attacker = Attacker(
+                attack.kind, torch_seed, peers=config.peers, attackers=len(attackers),
+                window=peer_cfg.window,
+            )  # fmt: skip
+        transport = network.transport(ids[i])
+        peers.append(Peer(ids[i], learner, sampler, transport, peer_cfg, rng, attacker=attacker))
     assert network is not None
     churn = ChurnController(parse_churn(config.churn), peers, network, rng_churn)
     k = config.eval_peers
@@ -117,9 +138,10 @@ def build_world(config: SimConfig, dataset: Dataset | None = None) -> World:
         else sorted(rng_eval.choice(config.peers, k, replace=False).tolist())
     )
     observer = MetricsObserver(
-        peers, network, data.x_test.to(device), data.y_test.to(device), list(eval_idx)
-    )
-    return World(config, data, parts, graph, peers, network, churn, observer)
+        peers, network, data.x_test.to(device), data.y_test.to(device), list(eval_idx),
+        attackers=attackers,
+    )  # fmt: skip
+    return World(config, data, parts, graph, peers, network, churn, observer, attackers)
 
 
 def evaluation_times(config: SimConfig) -> list[tuple[float, int]]:
@@ -171,6 +193,7 @@ def summarise(world: World, records: list[Record], wall_s: float) -> dict[str, A
         },
         "classes_per_peer_mean": float((dist > 0).sum(1).mean()),
         "message_accounting_balanced": world.network.stats.balanced(),
+        "attackers": [peer_id(i) for i in world.attackers],
         "schema_hash": world.network.schema.hash,
     }
 
