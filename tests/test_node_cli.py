@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +85,141 @@ def test_a_node_trains_on_its_own_npz_data(tmp_path: Path) -> None:
     assert [e.peer_id for e in node.others] == ["them"]
     node.learner.train(steps=3)
     assert node.learner.state.age == 3 * 32
+
+
+# --------------------------------------------------------------------------- option validation
+
+# (field, a value at the boundary that is fine, a value just past it): each bad value breaks
+# exactly one rule, so the error must name that option.
+BOUNDARIES: list[tuple[str, object, object]] = [
+    ("port", 1, 0),
+    ("port", 65535, 65536),
+    ("period", 1e-9, 0.0),
+    ("period", 1e9, float("inf")),
+    ("period", 1.0, float("nan")),
+    ("lr", 1e-9, 0.0),
+    ("lr", 1e-9, -1e-9),
+    ("checkpoint_every", 1e-9, 0.0),
+    ("status_every", 1e-9, 0.0),
+    ("auth_window", 1e-9, 0.0),
+    ("auth_window", 1e9, float("inf")),
+    ("connect_timeout", 1e-9, 0.0),
+    ("read_timeout", 1e-9, 0.0),
+    ("batch_size", 1, 0),
+    ("inbox_size", 1, 0),
+    ("local_steps", 0, -1),
+    ("eval_every", 0, -1),
+    ("threads", 0, -1),
+    ("jitter", 0.0, -1e-9),
+    ("jitter", 0.999, 1.0),
+    ("seed", 0, -1),
+    ("seed", 2**64 - 1, 2**64),
+    ("device", "cuda:0", "cuda:"),
+    ("device", "cpu", "gpu"),
+    ("codec", "int8", "fp64"),
+    ("codec", "fp16", "off"),  # the simulator's in-memory hand-over, not a wire codec
+    ("optimizer", "adam", "rmsprop"),
+    ("model", "cnn", "vgg"),
+    ("partition", "dirichlet:0.5", "dirichlet:0"),
+    ("mode", "push-pull", "gossip"),
+    ("merge", "average", "sum"),
+    ("age_guard", "refuse", "block"),
+    ("log_format", "json", "xml"),
+]
+
+
+@pytest.mark.parametrize(("name", "ok", "bad"), BOUNDARIES)
+def test_every_option_is_checked_at_its_boundary(name: str, ok: object, bad: object) -> None:
+    assert getattr(NodeConfig(**{name: ok}), name) == ok
+    with pytest.raises(ConfigError) as info:
+        NodeConfig(**{name: bad})
+    message = str(info.value)
+    assert "\n" not in message
+    shown = name.replace("_", "-") if not isinstance(bad, str) else bad
+    assert shown in message, message
+
+
+@pytest.mark.parametrize(
+    ("nodes", "index", "expected"),
+    [
+        (1, 0, None),
+        (0, 0, "--num-nodes"),
+        (3, 2, None),
+        (3, 3, "--node-index"),
+        (3, -1, "--node-index"),
+    ],
+)
+def test_shard_options_at_their_boundaries(nodes: int, index: int, expected: str | None) -> None:
+    if expected is None:
+        assert NodeConfig(num_nodes=nodes, node_index=index).num_nodes == nodes
+    else:
+        with pytest.raises(ConfigError, match=expected):
+            NodeConfig(num_nodes=nodes, node_index=index)
+
+
+def test_bad_options_on_the_command_line_are_one_line_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    peers = tmp_path / "peers.txt"
+    peers.write_text("127.0.0.1:18001 a\n127.0.0.1:18002 b\n")
+    base = ["--peers", str(peers), "--id", "a"]
+    assert "--codec must be one of fp32, fp16, int8, got 'fp64'" in _one_error_line(
+        [*base, "--codec", "fp64"]
+    )
+    assert "--lr" in _one_error_line([*base, "--lr", "0"])
+    assert "--batch-size" in _one_error_line([*base, "--batch-size", "0"])
+    assert "--auth-window" in _one_error_line([*base, "--auth-window", "0"])
+    assert "--read-timeout" in _one_error_line([*base, "--read-timeout", "-1"])
+    assert "--device" in _one_error_line([*base, "--device", "tpu"])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("port = 'abc'\n", "port must be an integer, got 'abc'"),
+        ("port = 80.5\n", "port must be an integer, got 80.5"),
+        ("port = true\n", "port must be an integer, got True"),
+        ("[node]\nlr = 'fast'\n", "lr must be a number, got 'fast'"),
+        ("download = 1\n", "download must be true or false, got 1"),
+        ("id = 7\n", "id must be a string, got 7"),
+        ("codec = ['fp32']\n", "codec must be a string, got ['fp32']"),
+        ("node = 3\n", "node must be a table ([node]), got 3"),
+        ("lr = 0.0\n", "--lr must be a finite number > 0, got 0.0"),
+        ("codec = 'fp64'\n", "--codec must be one of"),
+    ],
+)
+def test_wrong_types_in_a_toml_file_are_one_line(tmp_path: Path, text: str, expected: str) -> None:
+    path = _toml(tmp_path, text)
+    line = _one_error_line(["--config", str(path)])
+    assert expected in line, line
+    if not expected.startswith("--"):  # a type error names the file; a range error the option
+        assert f"config file {path}: " in line
+
+
+def test_toml_numbers_fit_their_fields(tmp_path: Path) -> None:
+    config = NodeConfig.from_toml(
+        _toml(tmp_path, "lr = 1\nperiod = 2\nnum_nodes = 2\nnode_index = 1\n")
+    )
+    assert (config.lr, config.period) == (1.0, 2.0) and isinstance(config.lr, float)
+    assert (config.num_nodes, config.node_index) == (2, 1)
+
+
+def test_errors_while_the_node_starts_are_one_line(tmp_path: Path) -> None:
+    peers = tmp_path / "peers.txt"
+    port, other = free_ports(2)
+    peers.write_text(f"127.0.0.1:{port} a\n127.0.0.1:{other} b\n")
+    base = ["--peers", str(peers), "--id", "a", "--port", str(port), "--device", "cpu"]
+    base += ["--model", "logreg"]
+    a_file = tmp_path / "state"
+    a_file.write_text("not a directory")
+    assert "is a file" in _one_error_line([*base, "--checkpoint-dir", str(a_file)])
+    missing = tmp_path / "missing.key"
+    assert "key file not found" in _one_error_line([*base, "--auth-key-file", str(missing)])
+    holder = socket.socket()  # Node.start(): the port is taken
+    holder.bind(("127.0.0.1", port))
+    holder.listen()
+    try:
+        ckpt = tmp_path / "ckpt"
+        assert "pick another --port" in _one_error_line([*base, "--checkpoint-dir", str(ckpt)])
+    finally:
+        holder.close()
