@@ -24,9 +24,48 @@ Staleness and replay are checked only after the signature, so that forged messag
 neither fill the cache nor block a genuine nonce. Clocks of peers must agree to within the
 window (use NTP).
 
+Across restarts. The nonce cache lives in memory: a restarted node would accept again what its
+previous run accepted. So the verifier also has a *floor*, and accepts only timestamps
+strictly above it. The node stores :attr:`MessageVerifier.high_water` (the largest timestamp
+it accepted, or its floor if larger) in every checkpoint, marks the checkpoint written by a
+clean stop as such, writes a checkpoint as it starts (before it listens), and then, as it
+starts, raises the floor to :func:`restart_floor` of the newest checkpoint::
+
+    floor = max(high_water, start)              the previous run stopped cleanly
+    floor = max(high_water, start + window_s)   it did not (crash, kill -9, power loss)
+    floor = start                               no checkpoint (first start, no directory)
+
+``start`` is the wall clock read after the checkpoint was loaded. Why this is complete, i.e.
+why every message a previous run accepted is refused:
+
+* Clean stop: the final checkpoint is written after the server stopped accepting (requests
+  in flight finish first) and after the gossip loop (pulls) stopped, so its ``high_water`` is
+  at least every timestamp the previous run accepted; all of them are <= the floor, whatever
+  the wall clock did across the restart (it may even have stepped back: ``high_water`` does
+  not depend on it).
+* Crash: what was accepted before the newest checkpoint is covered by its ``high_water``. A
+  message accepted after it was accepted at some time ``t <= crash <= start`` (our clock did
+  not step back across the crash) with a timestamp ``ts <= t + window_s`` (a sender's clock
+  may run ahead of ours by up to the window), so ``ts <= start + window_s``. The start-up
+  checkpoint makes a crash before the first periodic checkpoint a crash too (the newest
+  checkpoint is then not a clean one). The price: after a crash, a node refuses
+  authenticated messages for up to one window.
+* Chains of restarts: each run stores ``high_water >= floor``, so the floor never goes down.
+
+What is refused that is genuine: messages in flight across a restart (sent to the previous
+run, delivered to this one) and messages from a peer whose clock is behind ours by more than
+the time since start; both are refused as stale, which gossip tolerates (the next period
+brings a fresher model). A peer whose clock runs ahead by ``d`` raises ``high_water`` by up
+to ``d``, so after a clean restart such messages are refused for up to ``d`` seconds. What
+remains open: without a checkpoint directory nothing survives a restart, so messages
+stamped ahead of this node's clock and accepted just before it restarted could be accepted
+once more while they are inside the window; and a crash *together with* the wall clock
+stepping back across it by more than the downtime.
+
 The verifier takes ``sender``, ``nonce`` and ``timestamp`` as arguments: the caller must
 pass the values read from the very body being verified (the signature binds them only
-through the body). Nothing here reads the wall clock: the caller passes ``now``.
+through the body). Nothing here reads the wall clock: the caller passes ``now``, and the
+start time to :func:`restart_floor`.
 
 Key files hold text: a shared key as hex or base64 (at least 16 bytes), or an Ed25519
 private key as ``ed25519:<base64 of the 32-byte seed>`` (an unencrypted PKCS#8 PEM, as
@@ -180,16 +219,22 @@ def _parse_header(header: str) -> dict[str, str]:
 
 
 class MessageVerifier:
-    """Checks incoming messages: signature first, then timestamp window, then replay.
+    """Checks incoming messages: signature first, then timestamp window and replay floor,
+    then replay (the nonce cache).
 
     Not thread-safe: use it from the node's event loop.
     """
 
-    def __init__(self, config: AuthConfig, max_nonces: int = 100_000) -> None:
+    def __init__(
+        self, config: AuthConfig, max_nonces: int = 100_000, floor: float = -math.inf
+    ) -> None:
         if max_nonces < 1:
             raise ConfigError(f"max_nonces {max_nonces} must be at least 1")
         self.config = config
         self.max_nonces = max_nonces
+        self._floor = -math.inf  # accepted timestamps are > this
+        self._accepted_max = -math.inf  # the largest timestamp accepted
+        self.raise_floor(floor)
         self._public = {
             peer_id: Ed25519PublicKey.from_public_bytes(key)
             for peer_id, key in config.public_keys.items()
@@ -201,6 +246,24 @@ class MessageVerifier:
     def __len__(self) -> int:
         """How many nonces are remembered."""
         return len(self._expiry)
+
+    @property
+    def floor(self) -> float:
+        """Messages stamped at or before this are refused (``-inf``: no floor)."""
+        return self._floor
+
+    @property
+    def high_water(self) -> float:
+        """Every timestamp at or below this was accepted or is refused: what a checkpoint
+        stores for :func:`restart_floor` (``-inf`` when there is nothing to store)."""
+        return max(self._floor, self._accepted_max)
+
+    def raise_floor(self, floor: float) -> None:
+        """Refuse from now on every message stamped at or before ``floor`` (a floor is
+        never lowered)."""
+        if not (math.isfinite(floor) or floor == -math.inf):
+            raise ValueError(f"replay floor must be a finite time, got {floor!r}")
+        self._floor = max(self._floor, floor)
 
     def verify(
         self,
@@ -224,11 +287,18 @@ class MessageVerifier:
                 AuthReason.STALE,
                 f"timestamp is {now - timestamp:+.1f} s from now, outside ±{window:g} s",
             )
+        if not timestamp > self._floor:
+            raise AuthError(
+                AuthReason.STALE,
+                f"timestamp is at or before this node's replay floor (by"
+                f" {self._floor - timestamp:.1f} s): a previous run of it may have accepted it",
+            )
         self._expire(now)
         key = (sender, nonce)
         if key in self._expiry:
             raise AuthError(AuthReason.REPLAY, f"nonce {nonce[:64]!r} of {sender[:128]!r} seen")
         self._remember(key, timestamp + window)
+        self._accepted_max = max(self._accepted_max, timestamp)
 
     def _check_signature(self, sender: str, body: bytes, items: dict[str, str]) -> None:
         public = self._public.get(sender)
@@ -270,6 +340,21 @@ class MessageVerifier:
         self._seq += 1
         heapq.heappush(self._heap, (expiry, self._seq, key))
         self._expiry[key] = expiry
+
+
+def restart_floor(
+    *, start: float, window_s: float, high_water: float | None = None, clean_stop: bool = True
+) -> float:
+    """The replay floor of a node starting at wall-clock time ``start`` whose newest
+    checkpoint stored ``high_water`` and was (``clean_stop``) or was not written by a clean
+    stop; ``high_water=None, clean_stop=True`` when there is no checkpoint. See the module
+    docstring for why this refuses everything a previous run accepted."""
+    if not (math.isfinite(start) and math.isfinite(window_s) and window_s > 0):
+        raise ValueError(f"start {start!r} and window {window_s!r} must be finite, window > 0")
+    floor = start if clean_stop else start + window_s
+    if high_water is not None and math.isfinite(high_water):
+        floor = max(floor, high_water)
+    return floor
 
 
 # --------------------------------------------------------------------------- keys

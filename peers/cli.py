@@ -57,6 +57,9 @@ def setup_logging(fmt: str) -> None:
     root = logging.getLogger("gossip")
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
+    from peers.log_guard import install
+
+    install(handler=handler)  # bounded, rate-limited lines: on our tree, aiohttp's and asyncio's
 
 
 def _fail(e: Exception) -> typing.NoReturn:

@@ -15,11 +15,13 @@ import math
 import ssl
 import time
 import zlib
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
-from aiohttp import web
 
 from gossip.datasets import Dataset, load_dataset
 from gossip.errors import ConfigError, GossipError
@@ -27,13 +29,13 @@ from gossip.learner import Learner, LearnerConfig, LocalData
 from gossip.models import build_model_for
 from gossip.partition import partition, partition_generator
 from gossip.seeding import peer_stream, peer_torch_seed
-from peers.auth import AuthConfig, MessageSigner, MessageVerifier, load_key_file
-from peers.checkpoint import CheckpointStore
+from peers.auth import AuthConfig, MessageSigner, MessageVerifier, load_key_file, restart_floor
+from peers.checkpoint import CheckpointStore, counters_snapshot, restore_counters
 from peers.http_transport import HttpConfig, HttpTransport
 from peers.node_config import NodeConfig
 from peers.peer import Peer, ThreadCompute
 from peers.peersfile import find_self, load_peers, others, public_keys
-from peers.server import NodeServer
+from peers.server import NodeServer, ServerLimits
 from sampling.uniform import UniformSampler
 
 log = logging.getLogger("gossip.node")
@@ -119,13 +121,16 @@ class Node:
             if keys
             else AuthConfig(public_keys=public_keys(entries), window_s=config.auth_window)
         )
+        # Its replay floor is raised in start(), from the newest checkpoint (see peers.auth).
+        self.verifier = MessageVerifier(auth)
+        self._previous_run: tuple[float | None, bool] = (None, True)  # (high water, clean stop)
         self.transport = HttpTransport(
             self.node_id,
             {e.peer_id: e.url for e in self.others},
             self.schema,
             HttpConfig(config.connect_timeout, config.read_timeout, codec=config.codec),
             MessageSigner(auth),
-            MessageVerifier(auth),
+            self.verifier,
             client_ssl_context(config),
         )
         rng = np.random.default_rng(peer_stream(config.seed, index))
@@ -146,9 +151,12 @@ class Node:
         self.started_at = time.monotonic()
         self.last_eval: tuple[float, float] | None = None  # (accuracy, loss)
         self.restored_from: str | None = None
-        self.server = NodeServer(self.peer, self.transport, self.status)
-        self._runner: web.AppRunner | None = None
+        limits = ServerLimits(
+            config.header_timeout, config.max_connections, config.max_requests, config.max_uploads
+        )
+        self.server = NodeServer(self.peer, self.transport, self.status, limits)
         self._tasks: list[asyncio.Task[None]] = []
+        self.task_errors: Counter[str] = Counter()  # failures of periodic steps, by kind
 
     # ------------------------------------------------------------------ state
 
@@ -174,6 +182,7 @@ class Node:
             "local_samples": len(self.learner.data),
             "restored_from": self.restored_from,
             "merge_latency_p50_s": lat[len(lat) // 2] if lat else None,
+            "http": self.server.http_status(),
         }
 
     def restore(self) -> None:
@@ -185,21 +194,29 @@ class Node:
         if ckpt is None:
             return
         self.learner.state.load_flat(ckpt.flat.to(self.learner.state.flat.device), ckpt.age)
-        for key, value in ckpt.counters.items():
-            if isinstance(value, int) and isinstance(getattr(self.peer.counters, key, None), int):
-                setattr(self.peer.counters, key, value)
+        ignored = restore_counters(self.peer.counters, ckpt.counters)
+        if ignored:
+            log.info("checkpoint counters not restored (unknown or wrong type): %s", ignored)
+        self._previous_run = (ckpt.auth_high_water, ckpt.clean_stop)
         self.peer.republish()
         self.restored_from = f"checkpoint {ckpt.seq}"
         log.info("resumed from checkpoint %d: age %d", ckpt.seq, ckpt.age)
 
-    def checkpoint(self) -> None:
+    def checkpoint(
+        self, counters: dict[str, Any] | None = None, *, clean_stop: bool = False
+    ) -> None:
+        """Write a checkpoint. ``counters``: a :func:`counters_snapshot` taken on the event
+        loop (which keeps received == accepted + rejected; default: taken now).
+        ``clean_stop``: this node accepts nothing after it (the final one)."""
         if self.store is None:
             return
+        if counters is None:
+            counters = counters_snapshot(self.peer.counters)
         flat, age = self.learner.state.snapshot()
         if not bool(torch.isfinite(flat).all()):
             log.error("model has non-finite values; checkpoint skipped (the last good one is kept)")
             return
-        counters = {k: v for k, v in self.peer.counters.as_dict().items() if isinstance(v, int)}
+        high_water = self.verifier.high_water  # read last: it covers all accepted so far
         self.store.save(
             flat.cpu(),
             age,
@@ -207,6 +224,8 @@ class Node:
             list(self.sampler.known_peers()),
             counters,
             time.time(),
+            auth_high_water=high_water if math.isfinite(high_water) else None,
+            clean_stop=clean_stop,
         )
 
     def evaluate(self) -> None:
@@ -217,19 +236,28 @@ class Node:
 
     async def start(self) -> None:
         self.restore()
-        await self.transport.start()
-        self._runner = web.AppRunner(self.server.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(
-            self._runner,
-            self.config.host,
-            self.config.port,
-            ssl_context=server_ssl_context(self.config),
+        high_water, clean_stop = self._previous_run
+        window = self.verifier.config.window_s
+        self.verifier.raise_floor(
+            restart_floor(
+                start=time.time(), window_s=window, high_water=high_water, clean_stop=clean_stop
+            )
         )
+        if self.verifier.config.require and self.store is not None:
+            if not clean_stop:
+                log.warning(
+                    "the previous run did not stop cleanly: for up to %g s (--auth-window),"
+                    " messages it may have accepted are refused as stale",
+                    window,
+                )
+            # Marks this run as started: a crash before its next checkpoint is seen as one.
+            self.checkpoint()
+        await self.transport.start()
         try:
-            await site.start()
+            await self.server.start(
+                self.config.host, self.config.port, server_ssl_context(self.config)
+            )
         except OSError as e:
-            await self._runner.cleanup()
             await self.transport.close()
             raise GossipError(
                 f"cannot listen on {self.config.host}:{self.config.port} ({e.strerror}); pick another --port or --host"
@@ -242,7 +270,9 @@ class Node:
         )  # fmt: skip
 
     async def _periodic(self) -> None:
-        """Evaluation, checkpoints and a status line, each on its own schedule."""
+        """Evaluation, checkpoints and a status line, each on its own schedule. A step that
+        fails is logged (see :meth:`_step_failed`) and tried again at its next time: one
+        failure (a full disk, say) never ends the loop."""
         c = self.config
         eval_period = c.eval_every * c.period if c.eval_every else math.inf
         next_eval, next_ckpt, next_status = eval_period, c.checkpoint_every, c.status_every
@@ -251,24 +281,49 @@ class Node:
             await asyncio.sleep(min(next_eval, next_ckpt, next_status) - (time.monotonic() - start))
             now = time.monotonic() - start
             if now >= next_eval:
-                await self.compute.run(self.evaluate)
-                next_eval += eval_period
+                next_eval = _next_time(next_eval, eval_period, now)
+                await self._guarded("evaluation", partial(self.compute.run, self.evaluate))
             if now >= next_ckpt:
-                await self.compute.run(self.checkpoint)
-                next_ckpt += c.checkpoint_every
+                next_ckpt = _next_time(next_ckpt, c.checkpoint_every, now)
+                counters = counters_snapshot(self.peer.counters)  # on the loop: consistent
+                write = partial(self.checkpoint, counters)
+                await self._guarded("checkpoint", partial(self.compute.run, write))
             if now >= next_status:
-                s = self.status()
-                log.info(
-                    "age %d acc %s merges %d sent %d received %d rejected %d",
-                    s["age"], s["accuracy"], s["merges"], s["messages_sent"], s["messages_received"], s["messages_rejected"],
-                    extra={"status": s},
-                )  # fmt: skip
-                next_status += c.status_every
+                next_status = _next_time(next_status, c.status_every, now)
+                await self._guarded("status", self._log_status)
+
+    async def _log_status(self) -> None:
+        s = self.status()
+        log.info(
+            "age %d acc %s merges %d sent %d received %d rejected %d",
+            s["age"], s["accuracy"], s["merges"], s["messages_sent"], s["messages_received"], s["messages_rejected"],
+            extra={"status": s},
+        )  # fmt: skip
+
+    async def _guarded(self, what: str, step: Callable[[], Awaitable[object]]) -> None:
+        """Run one periodic step; an exception is counted and logged, never raised."""
+        try:
+            await step()
+        except Exception as e:  # any failure: log it and keep the node going
+            self._step_failed(what, e)
+
+    def _step_failed(self, what: str, error: Exception) -> None:
+        """Log a failed step: the first failure of each kind with its traceback, repeats
+        only at the 2nd, 4th, 8th, ... time (bounded, however long it keeps failing)."""
+        kind = f"{what}: {type(error).__name__}"
+        self.task_errors[kind] += 1
+        n = self.task_errors[kind]
+        if n == 1:
+            log.error(
+                "%s failed: %s; retrying at its next time", what, error,
+                exc_info=not isinstance(error, GossipError),
+            )  # fmt: skip
+        elif n & (n - 1) == 0:
+            log.error("%s failed again (%d times so far): %s", what, n, error)
 
     async def stop(self) -> None:
         """Stop accepting, finish the merge in progress, write a final checkpoint, close."""
-        if self._runner is not None:
-            await self._runner.cleanup()  # no new requests; in-flight handlers finish
+        await self.server.stop()  # no new requests; in-flight handlers finish
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -276,6 +331,14 @@ class Node:
                 await task
         await self.peer.stop()
         await asyncio.to_thread(self.compute.shutdown)  # waits for a running merge/step
-        self.checkpoint()
+        self.checkpoint(clean_stop=True)  # after the last accept: its high water is exact
         await self.transport.close()
         log.info("node %s stopped at age %d", self.node_id, self.learner.state.age)
+
+
+def _next_time(scheduled: float, period: float, now: float) -> float:
+    """The next time of a step due at ``scheduled`` every ``period``, after ``now`` (times
+    missed while a step ran long are skipped, not run back to back)."""
+    if math.isinf(period):
+        return math.inf
+    return scheduled + period * (1 + math.floor((now - scheduled) / period))

@@ -6,6 +6,8 @@ Kept free of heavy imports so that ``gossip-node --help`` answers at once.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +59,10 @@ NODE_HELP: dict[str, str] = {
     "status_every": "seconds between status log lines",
     "seed": "seed of the shared partition, the initial model and this node's randomness",
     "threads": "torch CPU threads (0: torch's default; use 1 when several nodes share a machine)",
+    "header_timeout": "seconds a request's headers may take (from the connection's start, or their first byte on a kept-alive connection); idle connections are closed after twice this",
+    "max_connections": "open HTTP connections; beyond it new ones are closed at once (kept below the open-file limit)",
+    "max_requests": "HTTP requests handled at once; beyond it requests get HTTP 503",
+    "max_uploads": "pushed model bodies read at once (each holds one buffer of the largest message size); beyond it pushes get HTTP 503",
 }
 
 
@@ -103,6 +109,10 @@ class NodeConfig:
     status_every: float = 10.0
     seed: int = 0
     threads: int = 0
+    header_timeout: float = 10.0
+    max_connections: int = 512
+    max_requests: int = 64
+    max_uploads: int = 8
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -111,6 +121,8 @@ class NodeConfig:
             raise ConfigError(
                 "give --node-index and --num-nodes together (this node's shard of the dataset)"
             )
+        if self.num_nodes is not None and self.num_nodes < 1:
+            raise ConfigError(f"--num-nodes must be at least 1, got {self.num_nodes}")
         if (
             self.num_nodes is not None
             and self.node_index is not None
@@ -127,7 +139,53 @@ class NodeConfig:
             raise ConfigError(
                 "--checkpoint-every and --status-every must be > 0, --eval-every >= 0"
             )
-        self.peer_config()
+        # Every number in range and every name known now, in one line, not a failure later.
+        for name, number in (
+            ("period", self.period), ("lr", self.lr), ("checkpoint_every", self.checkpoint_every),
+            ("status_every", self.status_every), ("auth_window", self.auth_window),
+            ("connect_timeout", self.connect_timeout), ("read_timeout", self.read_timeout),
+        ):  # fmt: skip
+            if not (math.isfinite(number) and number > 0):
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} must be a finite number > 0, got {number}")
+        for name, count, least in (
+            ("batch_size", self.batch_size, 1), ("inbox_size", self.inbox_size, 1),
+            ("local_steps", self.local_steps, 0), ("eval_every", self.eval_every, 0),
+            ("threads", self.threads, 0),
+        ):  # fmt: skip
+            if count < least:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} must be at least {least}, got {count}")
+        if not 0 <= self.jitter < 1:
+            raise ConfigError(f"--jitter must be in [0, 1), got {self.jitter}")
+        if not 0 <= self.seed < 2**64:
+            raise ConfigError(f"--seed must be in 0..2**64-1, got {self.seed}")
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device):
+            raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        from gossip.partition import parse_partition  # numpy only
+
+        parse_partition(self.partition)
+        self.peer_config()  # checks --mode, --merge and --age-guard (and imports torch)
+        from gossip.codec import CODECS
+        from gossip.learner import OPTIMIZERS
+        from gossip.models import MODELS
+
+        for name, value, known in (
+            ("codec", self.codec, CODECS), ("optimizer", self.optimizer, OPTIMIZERS),
+            ("model", self.model, tuple(MODELS)),
+        ):  # fmt: skip
+            if value not in known:
+                raise ConfigError(f"--{name} must be one of {', '.join(known)}, got {value!r}")
+        if not 0 < self.header_timeout < float("inf"):  # (also refuses NaN)
+            raise ConfigError(
+                f"--header-timeout must be a finite number > 0, got {self.header_timeout}"
+            )
+        for flag, limit in (
+            ("--max-connections", self.max_connections), ("--max-requests", self.max_requests),
+            ("--max-uploads", self.max_uploads),
+        ):  # fmt: skip
+            if limit < 1:
+                raise ConfigError(f"{flag} must be at least 1, got {limit}")
 
     def peer_config(self) -> PeerConfig:
         from peers.peer import PeerConfig

@@ -12,26 +12,72 @@ Order of checks on a push: body size (limit derived from the model size) and a r
 (slow senders are cut off), then the message header and metadata, then authentication
 (before any tensor is decoded), then the full decode (schema, layout, finite values, age
 bounds), then the age-inflation guard and the inbox.
+
+Limits against one misbehaving client (``ServerLimits``): below aiohttp, ``peers.http_guard``
+bounds open connections and the time request headers may take; here, at most
+``max_requests`` handlers run at once (beyond: 503 at once; ``/healthz`` is exempt, it never
+waits) and at most ``max_uploads`` push bodies are read at once, each into one of as many
+reusable buffers of the largest valid message size (beyond: 503, and the connection is
+closed without reading the body). Memory held by uploads is thus at most
+``max_uploads * max_body``, and a refused or aborted upload holds none.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import ssl
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.streams import StreamReader
+from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 from gossip.codec import CodecError, max_message_bytes
+from peers import log_guard
 from peers.auth import AUTH_HEADER, AuthError
+from peers.http_guard import (
+    BufferPool,
+    HttpGuard,
+    HttpStats,
+    connection_budget,
+    raise_file_limit,
+)
 from peers.http_transport import CONTENT_TYPE, HttpTransport
 from peers.peer import Peer
 
-_STATUS_FOR_REASON = {"busy": 429, "offline": 503, "too_large": 413, "slow_sender": 408}
+log = logging.getLogger("gossip.server")
+_STATUS_FOR_REASON = {
+    "busy": 429, "offline": 503, "too_large": 413, "slow_sender": 408, "overloaded": 503,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """How much one node's HTTP server gives to its clients, all of them together.
+
+    header_timeout: seconds a request's headers may take (from the connection's start, or
+    from their first byte on a kept-alive connection; idle connections are closed after
+    twice that). max_connections: open sockets (lowered to stay below the file limit).
+    max_requests: handlers running at once. max_uploads: push bodies read at once.
+    """
+
+    header_timeout: float = 10.0
+    max_connections: int = 512
+    max_requests: int = 64
+    max_uploads: int = 8
+
+
+class _TooLarge(Exception):
+    pass
 
 
 class PeerCollector(Collector):
@@ -85,19 +131,60 @@ class PeerCollector(Collector):
         yield summary
 
 
+# name in NodeServer.http_status(), metric type, help
+_HTTP_METRICS = (
+    ("connections_open", "gauge", "Open HTTP connections"),
+    ("connections_accepted", "counter", "HTTP connections accepted"),
+    ("connections_refused", "counter", "HTTP connections closed at once: max_connections reached"),
+    ("header_timeouts", "counter", "Connections aborted: request headers took over header_timeout"),
+    ("tls_failed", "counter", "TLS handshakes that failed or timed out"),
+    ("requests_in_flight", "gauge", "HTTP requests being handled"),
+    ("requests_refused", "counter", "HTTP requests answered 503: max_requests reached"),
+    ("uploads_in_progress", "gauge", "Push bodies being read"),
+    ("uploads_refused", "counter", "Pushes answered 503: max_uploads bodies being read"),
+    ("upload_buffers", "gauge", "Upload buffers allocated (at most max_uploads)"),
+)
+
+
+class HttpCollector(Collector):
+    """The HTTP server's own counters (connections, header timeouts, refusals)."""
+
+    def __init__(self, stats: Callable[[], dict[str, int | float]]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Any]:
+        stats = self.stats()
+        for key, kind, text in _HTTP_METRICS:
+            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            yield family(f"gossip_http_{key}", text, value=stats[key])
+
+
 class NodeServer:
-    """The aiohttp application of one node."""
+    """The aiohttp application of one node, and the guarded listener that serves it."""
 
     def __init__(
-        self, peer: Peer, transport: HttpTransport, status: Callable[[], dict[str, Any]]
+        self,
+        peer: Peer,
+        transport: HttpTransport,
+        status: Callable[[], dict[str, Any]],
+        limits: ServerLimits | None = None,
     ) -> None:
         self.peer = peer
         self.transport = transport
         self.status = status
+        self.limits = limits or ServerLimits()
         self.max_body = max_message_bytes(transport.schema)
+        self.uploads = BufferPool(self.limits.max_uploads, self.max_body)
+        self.in_flight = 0
+        self.requests_refused = 0
+        self.uploads_refused = 0
+        self.guard: HttpGuard | None = None
+        self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(PeerCollector(peer, status))
-        self.app = web.Application(client_max_size=self.max_body)
+        self.registry.register(HttpCollector(self.http_status))
+        self.app = web.Application(client_max_size=self.max_body, middlewares=[self._bounded])
         self.app.add_routes(
             [
                 web.post("/v1/gossip", self.gossip),
@@ -108,29 +195,149 @@ class NodeServer:
             ]
         )
 
-    def _refuse(self, reason: str, status: int = 400) -> web.Response:
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
+        """Listen on ``host:port`` (raises OSError when that is impossible)."""
+        limits = self.limits
+        log_guard.install()
+        budget = connection_budget(limits.max_connections, raise_file_limit())
+        if budget < limits.max_connections:
+            log.warning(
+                "max_connections lowered from %d to %d to stay below the open-file limit",
+                limits.max_connections, budget,
+            )  # fmt: skip
+        # keepalive_timeout: idle connections go after 2 * header_timeout (aiohttp's default
+        # is an hour; see peers.http_guard). lingering_time=0: a body the handler did not read
+        # (a refused upload) is not read afterwards either; the connection is closed after
+        # the answer.
+        self._runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            keepalive_timeout=2 * limits.header_timeout,
+            lingering_time=0.0,
+        )
+        await self._runner.setup()
+        handler_factory = self._runner.server
+        assert handler_factory is not None
+        self.guard = HttpGuard(
+            handler_factory,
+            max_connections=budget,
+            header_timeout=limits.header_timeout,
+            ssl_context=ssl_context,
+        )
+        try:
+            self._listener = await asyncio.get_running_loop().create_server(
+                self.guard, host, port, backlog=128
+            )
+        except OSError:
+            await self._runner.cleanup()
+            self._runner = None
+            raise
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish, close every connection."""
+        if self._listener is not None:
+            self._listener.close()
+        if self.guard is not None:
+            self.guard.abort_pending()
+        if self._runner is not None:
+            await self._runner.cleanup()  # no new requests; in-flight handlers finish
+            self._runner = None
+        if self.guard is not None:
+            await self.guard.close()
+        if self._listener is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._listener.wait_closed(), timeout=1.0)
+            self._listener = None
+
+    def http_status(self) -> dict[str, int | float]:
+        """Counters and gauges of the server (a part of /v1/status; also in /metrics)."""
+        guard = self.guard
+        stats = asdict(guard.stats if guard else HttpStats())
+        return {
+            "connections_open": guard.open if guard else 0,
+            **stats,
+            "requests_in_flight": self.in_flight,
+            "requests_refused": self.requests_refused,
+            "uploads_in_progress": self.uploads.in_use,
+            "uploads_refused": self.uploads_refused,
+            "upload_buffers": self.uploads.allocated,
+            "max_connections": guard.max_connections if guard else self.limits.max_connections,
+        }
+
+    # ------------------------------------------------------------------ handlers
+
+    @web.middleware
+    async def _bounded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """At most ``max_requests`` handlers at once; beyond, 503 at once."""
+        if request.path == "/healthz":  # answers without waiting: cannot pile up
+            return await handler(request)
+        if self.in_flight >= self.limits.max_requests:
+            self.requests_refused += 1
+            if request.method == "POST" and request.path == "/v1/gossip":
+                return self._refuse("overloaded", 503)
+            return web.json_response(
+                {"error": "overloaded"}, status=503, headers={"Retry-After": "1"}
+            )
+        self.in_flight += 1
+        try:
+            return await handler(request)
+        finally:
+            self.in_flight -= 1
+
+    def _refuse(self, reason: str, status: int = 400, *, close: bool = False) -> web.Response:
         # Every incoming push counts as received: received == accepted + sum(rejected).
         self.peer.counters.received += 1
         self.peer.counters.rejected[reason] += 1
-        return web.json_response({"accepted": False, "reason": reason}, status=status)
+        response = web.json_response({"accepted": False, "reason": reason}, status=status)
+        if close or status == 503:
+            response.force_close()
+        return response
+
+    @staticmethod
+    async def _read_body(content: StreamReader, buf: bytearray) -> int:
+        """Copy the request body into ``buf`` chunk by chunk; its length."""
+        n = 0
+        while chunk := await content.readany():
+            end = n + len(chunk)
+            if end > len(buf):  # (a slice assignment past the end would grow the buffer)
+                raise _TooLarge
+            buf[n:end] = chunk
+            n = end
+        return n
 
     async def gossip(self, request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > self.max_body:
-            return self._refuse("too_large", 413)
+            return self._refuse("too_large", 413, close=True)
+        buf = self.uploads.acquire()
+        if buf is None:  # max_uploads bodies are being read: do not read this one
+            self.uploads_refused += 1
+            return self._refuse("overloaded", 503)
         try:
-            body = await asyncio.wait_for(
-                request.read(), timeout=self.transport.config.read_timeout
-            )
-        except web.HTTPRequestEntityTooLarge:
-            return self._refuse("too_large", 413)
-        except TimeoutError:
-            return self._refuse("slow_sender", 408)
-        try:
-            message = await self.transport.check_and_decode(body, request.headers.get(AUTH_HEADER))
-        except CodecError as e:
-            return self._refuse(e.reason.value, _STATUS_FOR_REASON.get(e.reason.value, 400))
-        except AuthError as e:
-            return self._refuse(str(e.reason), 401)
+            try:
+                async with asyncio.timeout(self.transport.config.read_timeout):
+                    n = await self._read_body(request.content, buf)
+            except _TooLarge:
+                return self._refuse("too_large", 413, close=True)
+            except TimeoutError:
+                return self._refuse("slow_sender", 408, close=True)
+            except (ConnectionError, RequestPayloadError):  # gone, or a malformed body
+                return self._refuse("aborted", 400, close=True)
+            # A view, not a copy. The checks and the decoder take any buffer (they hash it,
+            # measure it and memoryview() it), although check_and_decode says bytes; the
+            # decoded model is a copy, so the buffer is free again once this returns.
+            body = cast(bytes, memoryview(buf)[:n])
+            try:
+                message = await self.transport.check_and_decode(
+                    body, request.headers.get(AUTH_HEADER)
+                )
+            except CodecError as e:
+                return self._refuse(e.reason.value, _STATUS_FOR_REASON.get(e.reason.value, 400))
+            except AuthError as e:
+                return self._refuse(str(e.reason), 401)
+        finally:
+            self.uploads.release(buf)
         reason = self.peer.offer(message)  # counts received / accepted / rejected itself
         if reason is not None:
             return web.json_response(

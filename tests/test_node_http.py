@@ -202,7 +202,7 @@ async def test_oversize_body_is_refused_before_reading(lone_node: Node) -> None:
 
 
 async def test_a_good_push_is_accepted_and_merged(lone_node: Node) -> None:
-    flat = torch.ones_like(lone_node.learner.state.flat)
+    flat = lone_node.peer.published().flat + 0.01  # a neighbour's model: close to ours
     code, body = await _post(lone_node, _message(lone_node, flat=flat, age=40))
     assert (code, body) == (202, {"accepted": True})
     await _wait_until(lambda: lone_node.peer.counters.merges == 1)
@@ -274,7 +274,7 @@ async def test_authentication_failures(secured_node: Node, case: str, reason: st
 
 
 async def test_replayed_message_is_refused(secured_node: Node) -> None:
-    body = _message(secured_node, flat=torch.ones_like(secured_node.learner.state.flat))
+    body = _message(secured_node, flat=secured_node.peer.published().flat + 0.01)
     headers = _signed(secured_node, body)
     assert (await _post(secured_node, body, headers))[0] == 202
     # merge_latencies grows once the whole update (merge, then training) has finished.

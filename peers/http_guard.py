@@ -1,0 +1,327 @@
+"""Connection-level limits of a node's HTTP server, underneath aiohttp.
+
+aiohttp's server protocol (``web_protocol.RequestHandler``) bounds the size of request
+headers but not the time they take, nor the number of open connections: 300 clients that
+trickle header bytes hold 300 sockets for as long as they like, and with enough of them the
+process runs out of file descriptors and asyncio's accept loop logs ``Too many open files``
+forever. :class:`HttpGuard` is the protocol factory given to ``loop.create_server``; each
+connection gets a small protocol of ours (:class:`_Connection`) that owns the socket and
+drives one aiohttp ``RequestHandler`` behind it:
+
+- **Connection bound.** Beyond ``max_connections`` open sockets a new one is closed at once
+  (counted; logged only the 1st, 2nd, 4th, 8th, ... time), before TLS and before aiohttp
+  sees it, so that the process stays below its file limit and the accept loop never hits
+  EMFILE.
+- **Header deadline.** A request's headers must be complete within ``header_timeout``:
+  counted from the connection's start for its first request (so a socket that sends
+  nothing goes too), from their first byte for a later one on a kept-alive connection;
+  else the socket is aborted. An idle kept-alive connection is closed by aiohttp's own
+  keep-alive timer, which the server sets to twice ``header_timeout`` so that the deadline,
+  and its counter, are what cut a slow request short. (aiohttp's timer counts from the last
+  response, not from a request's first byte, and its default is an hour.)
+- **TLS** is done here, with ``loop.start_tls`` and a handshake deadline, for the same reason
+  as the bound: to count (and refuse) raw sockets, including those stuck in a handshake.
+
+Why a wrapping protocol rather than a ``RequestHandler`` subclass: the handler's constructor,
+its ``start()`` loop and the ``Server`` that builds it are undocumented internals that aiohttp
+reworks between releases (pipelining queues, eager task starts, ...). The wrapper
+depends on asyncio's documented Protocol interface, which the handler implements, plus two
+attributes it only reads (``_request_count``, bumped synchronously by ``data_received`` when
+the parser completes a request's headers, and ``_messages``, whose newest entry holds that
+request's body stream). Should a future aiohttp drop them, ``HttpGuard.tracks_headers`` is
+False, a warning says so, the header deadline is off (the keep-alive timer remains) and a
+test fails; the server keeps working. The parse itself stays aiohttp's: the deadline ends
+where *its* parser says the headers end, never where a second parser of ours would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from aiohttp.web_protocol import RequestHandler
+
+log = logging.getLogger("gossip.server")
+RESERVED_FDS = 128  # outgoing connections, data and checkpoint files, logs, torch, stdio
+_EARLY_DATA_LIMIT = 1 << 19  # bytes decrypted before start_tls returns (one TLS read)
+_UNKNOWN = object()  # a body stream we could not find: treat as "body in progress"
+
+
+def raise_file_limit(ceiling: int = 1 << 20) -> int:
+    """Raise the soft RLIMIT_NOFILE toward the hard limit (at most ``ceiling``); return the
+    soft limit now in force (``ceiling`` where the platform has no such limit)."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return ceiling
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY
+    target = ceiling if hard == unlimited else min(hard, ceiling)
+    if soft == unlimited:
+        return ceiling
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):  # e.g. macOS caps below the hard limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return soft
+
+
+def _now_and_then(n: int, what: str) -> None:
+    """Log the ``n``-th occurrence of something only when ``n`` is a power of two."""
+    if n & (n - 1) == 0:
+        log.warning("%s (%d so far)", what, n)
+
+
+def connection_budget(max_connections: int, file_limit: int) -> int:
+    """``max_connections``, lowered so that the open sockets stay safely below the file limit."""
+    return max(1, min(max_connections, file_limit - RESERVED_FDS))
+
+
+@dataclass
+class HttpStats:
+    """What the guard did, for /v1/status and /metrics."""
+
+    connections_accepted: int = 0
+    connections_refused: int = 0
+    header_timeouts: int = 0
+    tls_failed: int = 0
+
+
+class HttpGuard:
+    """Protocol factory for ``loop.create_server``: counts, bounds and times connections."""
+
+    def __init__(
+        self,
+        handler_factory: Callable[[], RequestHandler],
+        *,
+        max_connections: int,
+        header_timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.handler_factory = handler_factory
+        self.max_connections = max_connections
+        self.header_timeout = header_timeout
+        self.ssl_context = ssl_context
+        self.stats = HttpStats()
+        self.open = 0
+        self._connections: set[_Connection] = set()
+        # The two attributes of aiohttp's handler that the header deadline reads (see above).
+        self.tracks_headers = all(
+            hasattr(RequestHandler, name) for name in ("_request_count", "_messages")
+        )
+        if not self.tracks_headers:
+            log.warning("this aiohttp hides its parser state: no header deadline, keep-alive only")
+
+    def __call__(self) -> _Connection:
+        return _Connection(self)
+
+    def abort_pending(self) -> None:
+        """Close the connections aiohttp does not know yet (in a TLS handshake)."""
+        for conn in list(self._connections):
+            if conn.inner is None:
+                conn.abort()
+
+    async def close(self) -> None:
+        """Abort every connection still open and wait for the handshake tasks to end."""
+        tasks = [c.task for c in self._connections if c.task is not None]
+        for conn in list(self._connections):
+            conn.abort()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _Connection(asyncio.Protocol):
+    """One accepted socket: the bound, TLS, the header deadline; aiohttp's handler behind."""
+
+    def __init__(self, guard: HttpGuard) -> None:
+        self.guard = guard
+        self.raw: asyncio.Transport | None = None  # the socket's transport
+        self.transport: asyncio.Transport | None = None  # what the handler uses (maybe TLS)
+        self.inner: RequestHandler | None = None
+        self.task: asyncio.Task[None] | None = None  # the TLS handshake
+        self.early: list[bytes] | None = None  # plaintext that arrived before start_tls returned
+        self.counted = False
+        self.lost = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.payload: Any = None  # body stream of the newest request; None before the first
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        raw = cast(asyncio.Transport, transport)
+        guard = self.guard
+        if guard.open >= guard.max_connections:
+            guard.stats.connections_refused += 1
+            raw.abort()
+            limit = guard.max_connections
+            _now_and_then(guard.stats.connections_refused, f"{limit} connections open: refused one")
+            return
+        guard.open += 1
+        guard.stats.connections_accepted += 1
+        guard._connections.add(self)
+        self.counted = True
+        self.raw = raw
+        if guard.ssl_context is None:
+            self._attach(raw)
+            return
+        # start_tls swaps the socket's protocol; nothing may be read before it has.
+        raw.pause_reading()
+        self.early = []
+        self.task = asyncio.get_running_loop().create_task(self._handshake(raw, guard.ssl_context))
+
+    async def _handshake(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = self.guard.header_timeout
+        try:
+            tls = await loop.start_tls(
+                raw, self, context, server_side=True,
+                ssl_handshake_timeout=timeout, ssl_shutdown_timeout=timeout,
+            )  # fmt: skip
+        except asyncio.CancelledError:
+            self._release()
+            raise
+        except Exception:  # bad ClientHello, plain HTTP, timeout, peer gone: the remote's doing
+            self.guard.stats.tls_failed += 1
+            self._release()
+            return
+        finally:
+            self.task = None
+        if tls is None or self.lost or tls.is_closing():
+            self._release()
+            return
+        self._attach(tls)
+        early, self.early = self.early or [], None
+        for chunk in early:
+            self.data_received(chunk)
+
+    def _attach(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.inner = self.guard.handler_factory()
+        self.inner.connection_made(transport)
+        self._arm()  # the first request's headers: from the start of the connection
+
+    def _arm(self) -> None:
+        if not self.guard.tracks_headers:
+            return
+        self.timer = asyncio.get_running_loop().call_later(
+            self.guard.header_timeout, self._headers_too_slow
+        )
+
+    def _release(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.guard.open -= 1
+            self.guard._connections.discard(self)
+
+    def abort(self) -> None:
+        transport = self.transport or self.raw
+        if transport is not None:
+            transport.abort()
+        self._release()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.lost:
+            return
+        self.lost = True
+        self._cancel_timer()
+        self._release()
+        if self.inner is not None:
+            self.inner.connection_lost(exc)
+
+    # ------------------------------------------------------------------ data
+
+    def data_received(self, data: bytes) -> None:
+        inner = self.inner
+        if inner is None:
+            if self.early is None:  # refused, or closing: drop
+                return
+            self.early.append(data)
+            if sum(map(len, self.early)) > _EARLY_DATA_LIMIT:
+                self.abort()
+            return
+        if not self.guard.tracks_headers:
+            inner.data_received(data)
+            return
+        waiting = self._awaiting_headers()
+        before = inner._request_count
+        inner.data_received(data)
+        if inner._request_count != before:  # the parser completed (or refused) headers
+            self._cancel_timer()
+            messages = inner._messages
+            self.payload = messages[-1][1] if messages else _UNKNOWN
+        elif waiting and data and self.timer is None and not self.lost:
+            # Every byte of this chunk belongs to headers not yet complete: the clock starts.
+            # (A chunk that completes a request or a body and then starts the next request's
+            # headers starts it at the following chunk, or aiohttp's keep-alive timer closes
+            # a connection that sends nothing more: the bound is then a few times as long.)
+            self._arm()
+
+    def _awaiting_headers(self) -> bool:
+        """Whether the next byte received starts (or continues) a request's headers."""
+        payload = self.payload
+        return payload is None or (payload is not _UNKNOWN and bool(payload.is_eof()))
+
+    def _headers_too_slow(self) -> None:
+        self.timer = None
+        if self.lost or self.transport is None:
+            return
+        self.guard.stats.header_timeouts += 1
+        self.transport.abort()
+        slow = f"aborted a connection: request headers took over {self.guard.header_timeout:g} s"
+        _now_and_then(self.guard.stats.header_timeouts, slow)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def eof_received(self) -> None:  # returning None: the transport closes itself
+        if self.inner is not None:
+            self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+
+class BufferPool:
+    """At most ``count`` reusable buffers of ``size`` bytes, allocated on first need.
+
+    Memory held by request bodies is then bounded by ``count * size`` whatever the clients
+    do, and is reused rather than returned to (and fragmented in) the allocator.
+    """
+
+    def __init__(self, count: int, size: int) -> None:
+        self.count = count
+        self.size = size
+        self.allocated = 0
+        self.in_use = 0
+        self.peak_in_use = 0
+        self._free: list[bytearray] = []
+
+    def acquire(self) -> bytearray | None:
+        """A free buffer, or None when all ``count`` are in use."""
+        if self._free:
+            buf = self._free.pop()
+        elif self.allocated < self.count:
+            buf = bytearray(self.size)
+            self.allocated += 1
+        else:
+            return None
+        self.in_use += 1
+        self.peak_in_use = max(self.peak_in_use, self.in_use)
+        return buf
+
+    def release(self, buf: bytearray) -> None:
+        self.in_use -= 1
+        self._free.append(buf)
