@@ -33,7 +33,7 @@ NODE_HELP: dict[str, str] = {
     "num_nodes": "number of shards the named dataset is split into",
     "data": "this machine's own data: an .npz file with x, y (and x_test, y_test)",
     "model": "logreg, mlp, cnn, resnet18 or charlstm (the same on every node)",
-    "merge": "age-weighted, average, replace or none",
+    "merge": "age-weighted, average, replace, none, or robust: clipped[:MULT], trimmed-mean[:K], median",
     "mode": "push, pull or push-pull",
     "period": "seconds between gossip rounds",
     "jitter": "relative jitter of the period, in [0, 1)",
@@ -45,7 +45,7 @@ NODE_HELP: dict[str, str] = {
     "device": "auto (cuda when available), cpu, cuda or cuda:N",
     "codec": "wire codec of pushed models: fp32, fp16 or int8",
     "inbox_size": "received models waiting to be merged; beyond it pushes get HTTP 429",
-    "age_guard": "cap, refuse or off: what to do with implausibly large received ages",
+    "age_guard": "cap, refuse or off: received ages may add at most a refilling credit to this node's age",
     "checkpoint_dir": "directory for periodic atomic checkpoints; a restarted node resumes from it",
     "checkpoint_every": "seconds between checkpoints",
     "auth_key_file": "key file: a shared HMAC key (hex) or this node's ed25519 private key",
@@ -62,6 +62,9 @@ NODE_HELP: dict[str, str] = {
     "header_timeout": "seconds a request's headers may take (from the connection's start, or their first byte on a kept-alive connection); idle connections are closed after twice this",
     "max_connections": "open HTTP connections; beyond it new ones are closed at once (kept below the open-file limit)",
     "max_requests": "HTTP requests handled at once; beyond it requests get HTTP 503",
+    "screen": "norm screen: refuse pushed models whose norm exceeds this many times the honest reference (0 = off)",
+    "screen_distance": "distance screen: refuse pushed models further than this many times the other senders' median distance (0 = off)",
+    "attack": "robustness testing only: none, or an attack kind (sign-flip, random, huge, age-inflation, alie, ipm) this node then gossips instead of its model",
     "max_uploads": "pushed model bodies read at once (each holds one buffer of the largest message size); beyond it pushes get HTTP 503",
 }
 
@@ -113,6 +116,9 @@ class NodeConfig:
     max_connections: int = 512
     max_requests: int = 64
     max_uploads: int = 8
+    screen: float = 10.0
+    screen_distance: float = 4.0
+    attack: str = "none"
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -165,7 +171,7 @@ class NodeConfig:
         from gossip.partition import parse_partition  # numpy only
 
         parse_partition(self.partition)
-        self.peer_config()  # checks --mode, --merge and --age-guard (and imports torch)
+        self.peer_config()  # checks --mode, --merge, --age-guard, screens, --attack (imports torch)
         from gossip.codec import CODECS
         from gossip.learner import OPTIMIZERS
         from gossip.models import MODELS
@@ -193,6 +199,7 @@ class NodeConfig:
         return PeerConfig(
             period=self.period, jitter=self.jitter, mode=self.mode, merge=self.merge,
             local_steps=self.local_steps, inbox_size=self.inbox_size, age_guard=AgeGuard(self.age_guard),
+            screen=self.screen, screen_distance=self.screen_distance, attack=self.attack,
         )  # fmt: skip
 
     def replace(self, **changes: Any) -> NodeConfig:
