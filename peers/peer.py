@@ -305,8 +305,12 @@ class Peer:
     def _publish(self) -> None:
         """Snapshot the model after a change: the honest copy is kept to roll back to; an
         attacker publishes poison made from it instead."""
+        previous = getattr(self, "_good", None)
         self._good = good = self._make_snapshot()
         self._good_norm = None
+        if previous is not None and self.distance_screen.enabled:
+            moved = float(torch.linalg.vector_norm(good.flat - previous.flat))
+            self.distance_screen.observe_motion(moved)
         if self.attacker is None:
             self._snapshot = good
         else:

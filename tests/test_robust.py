@@ -266,3 +266,49 @@ def test_every_attack_makes_finite_poison_of_the_right_shape(kind: str) -> None:
         assert float(flat.min()) == pytest.approx(HUGE_VALUE)
     if kind == "ipm":
         torch.testing.assert_close(flat, -0.1 * (own + 0.75))  # mean of own, own+0..2
+
+
+# --------------------------------------------------------------------------- distance screen
+
+
+def test_distance_screen_refuses_models_far_from_what_other_senders_send() -> None:
+    from gossip.robust.screen import DistanceScreen
+
+    screen = DistanceScreen(factor=4.0, floor_rel=0.01)  # first contacts: up to 4% of 100
+    for s, d in (("h1", 1.0), ("h2", 1.2), ("h3", 0.9)):
+        assert screen.check(s, 100.0, d) is None
+    assert screen.check("mallory", 100.0, 4.0 * 1.0) is None  # at the limit (median 1.0)
+    assert screen.check("mallory2", 100.0, 4.0 * 1.0 + 1e-3) == OUTLIER  # just past it
+    assert screen.check("h1", 100.0, math.inf) == OUTLIER
+
+
+def test_distance_screen_floor_and_first_contact() -> None:
+    from gossip.robust.screen import DistanceScreen
+
+    first = DistanceScreen(factor=4.0, floor_rel=0.2)
+    assert first.check("a", 10.0, 8.0) is None  # 80% of our norm: allowed with no reference
+    assert DistanceScreen(factor=4.0, floor_rel=0.2).check("a", 10.0, 8.01) == OUTLIER
+    # -w is 200% of our norm away: refused at first contact, recorded
+    leaf = DistanceScreen(factor=4.0, floor_rel=0.2)
+    assert leaf.check("only", 10.0, 20.0) == OUTLIER
+    # a leaf that hears one sender compares it with its own previous distance
+    assert leaf.check("only", 10.0, 21.0) is None
+
+
+def test_the_local_model_votes_with_its_motion() -> None:
+    """Three of four senders hostile: without the local vote their distances decide."""
+    from gossip.robust.screen import DistanceScreen
+
+    screen = DistanceScreen(factor=4.0, floor_rel=0.0)
+    screen.check("h", 100.0, 1.0)
+    for m in ("m1", "m2"):
+        screen.check(m, 100.0, 50.0)
+    assert screen.check("m3", 100.0, 50.0) is None  # [1, 50, 50]: the liars decide
+    voted = DistanceScreen(factor=4.0, floor_rel=0.0)
+    voted.observe_motion(0.5)
+    voted.check("h", 100.0, 1.0)
+    for m in ("m1", "m2"):
+        voted.check(m, 100.0, 50.0)
+    assert voted.check("m3", 100.0, 50.0) == OUTLIER  # [1, 1, 50, 50]: lower median 1
+    voted.observe_motion(math.nan)  # ignored
+    assert voted.motion == 0.5

@@ -31,7 +31,10 @@ sender only). The reference is never below ``floor_rel * ||w_local||``: a model 
 ``factor * floor_rel = 80%`` of our own norm is never refused. That keeps honest peers
 together while distances grow from zero at the start (all peers begin at the same model)
 and gives the first contact a reference; a model pointing away from ours (``-w`` is 200% of
-our norm away, a zero model 100%) is refused even on the first contact, but recorded. Subtle poison within the honest spread passes: that
+our norm away, a zero model 100%) is refused even on the first contact, but recorded.
+The local model votes too, with twice its recent per-update motion (an average of how far
+each update moved it, about the distance to the senders it merges with), so a peer whose
+recent senders are mostly hostile still has an honest voice in the median. Subtle poison within the honest spread passes: that
 is the merge rules' job (``clipped``, ``median``, ``trimmed-mean``).
 """
 
@@ -84,6 +87,16 @@ class DistanceScreen:
         self.factor = factor
         self.floor_rel = floor_rel
         self.distances: SenderWindow[float] = SenderWindow(window)
+        self.motion: float | None = None  # running mean of the local model's per-update move
+
+    def observe_motion(self, distance: float, weight: float = 0.1) -> None:
+        """Record how far one update moved the local model (non-finite moves are ignored)."""
+        if math.isfinite(distance):
+            self.motion = (
+                distance
+                if self.motion is None
+                else ((1 - weight) * self.motion + weight * distance)
+            )
 
     @property
     def enabled(self) -> bool:
@@ -94,6 +107,8 @@ class DistanceScreen:
         if not self.enabled:
             return None
         others = self.distances.values(exclude=sender) or self.distances.get(sender)
+        if self.motion:
+            others = [*others, 2.0 * self.motion]
         self.distances.put(sender, distance if math.isfinite(distance) else math.inf)
         reference = max(lower_median(others) if others else 0.0, self.floor_rel * local_norm)
         return None if distance <= self.factor * reference else OUTLIER
