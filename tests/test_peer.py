@@ -243,3 +243,62 @@ def test_a_float64_model_merges_float32_messages() -> None:
     run_virtual(scenario())
     assert learner.state.flat.dtype == torch.float64 and peer.counters.merges == 1
     assert peer.counters.train_steps == 1 and learner.state.age == max(10, 10) + 32
+
+
+def _deliver(peer: Peer, *messages: ModelMessage) -> list[str | None]:
+    """Offer messages to a started peer and let its worker merge them all."""
+
+    async def scenario() -> list[str | None]:
+        peer.start()
+        reasons = [peer.offer(m) for m in messages]
+        for _ in range(2 * len(messages) + 2):
+            await asyncio.sleep(0)
+        await peer.stop()
+        return reasons
+
+    return run_virtual(scenario())
+
+
+def test_an_absurd_finite_model_never_kills_the_peer() -> None:
+    """The reported attack: one push of 1e30s (any age, even 1) made a victim NaN for good."""
+    (peer,), _ = _peers(1, PeerConfig(local_steps=1))
+    flat = peer.published().flat
+    huge = ModelMessage("mallory", 1, torch.full_like(flat, 1e30), 10)
+    honest = ModelMessage("p1", 5, flat + 0.01, 10)
+    assert _deliver(peer, huge, honest) == ["outlier", None]
+    assert bool(torch.isfinite(peer.learner.state.flat).all())
+    assert peer.counters.rejected["outlier"] == 1 and peer.counters.merges == 1
+
+
+def test_without_screens_a_non_finite_result_is_rolled_back() -> None:
+    (peer,), _ = _peers(1, PeerConfig(local_steps=1, screen=0, screen_distance=0))
+    before = peer.published()
+    # Finite in float32, but the merged model's logits overflow in the training step.
+    huge = ModelMessage("mallory", 10**6, torch.full_like(before.flat, 3e38), 10)
+    assert _deliver(peer, huge) == [None]
+    assert peer.counters.rollbacks == 1
+    assert torch.equal(peer.learner.state.flat, before.flat)
+    assert peer.learner.state.age == before.age and peer.published().age == before.age
+    # and it keeps learning from honest models afterwards
+    assert _deliver(peer, ModelMessage("p1", 5, before.flat + 0.01, 10)) == [None]
+    assert peer.counters.merges == 2 and bool(torch.isfinite(peer.learner.state.flat).all())
+
+
+def test_forty_age_lies_do_not_ratchet_a_peer() -> None:
+    (peer,), _ = _peers(1, PeerConfig(local_steps=0))
+    flat = peer.published().flat
+    lies = [ModelMessage(f"liar{i % 3}", 2**53 - 1, flat.clone(), 10) for i in range(40)]
+    reasons: list[str | None] = []
+    for start in range(0, 40, 8):  # in inbox-sized batches, all at the same instant
+        reasons += _deliver(peer, *lies[start : start + 8])
+    assert reasons == [None] * 40
+    assert peer.learner.state.age <= peer.allowance.burst  # no time passed: no refill
+    assert peer.counters.age_capped == 40
+
+
+def test_an_attacker_publishes_poison_but_keeps_an_honest_model() -> None:
+    (peer,), _ = _peers(1, PeerConfig(attack="sign-flip"))
+    assert peer.attacker is not None
+    assert torch.equal(peer.published().flat, -peer.learner.state.flat)
+    _deliver(peer, ModelMessage("p1", 5, peer.learner.state.flat + 0.01, 10))
+    assert torch.equal(peer.published().flat, -peer.learner.state.flat)
