@@ -12,6 +12,10 @@ drives one aiohttp ``RequestHandler`` behind it:
   (counted; logged only the 1st, 2nd, 4th, 8th, ... time), before TLS and before aiohttp
   sees it, so that the process stays below its file limit and the accept loop never hits
   EMFILE.
+- **Bound per address.** Beyond ``max_connections_per_ip`` open sockets from one remote
+  address (an IPv6 one: from its /64, which one host commonly holds all of), a new one from
+  it is closed at once too, and counted apart: one outsider reconnecting cannot hold all the
+  slots and lock the honest peers out.
 - **Header deadline.** A request's headers must be complete within ``header_timeout``:
   counted from the connection's start for its first request (so a socket that sends
   nothing goes too), from their first byte for a later one on a kept-alive connection;
@@ -21,6 +25,12 @@ drives one aiohttp ``RequestHandler`` behind it:
   response, not from a request's first byte, and its default is an hour.)
 - **TLS** is done here, with ``loop.start_tls`` and a handshake deadline, for the same reason
   as the bound: to count (and refuse) raw sockets, including those stuck in a handshake.
+- **Short error answers.** aiohttp answers a request it cannot parse with a 400 whose body is
+  the parser's message, which quotes the unparsable bytes (60 KB answered for 21 KB of
+  garbage). Each handler is made a :class:`BriefErrorHandler`, whose ``handle_error`` gives
+  such an answer a short fixed body (``400 Bad Request``); aiohttp still logs it (through
+  ``peers.log_guard``), sets the status and closes the connection. A 500 keeps aiohttp's own
+  fixed text.
 
 Why a wrapping protocol rather than a ``RequestHandler`` subclass: the handler's constructor,
 its ``start()`` loop and the ``Server`` that builds it are undocumented internals that aiohttp
@@ -32,19 +42,32 @@ request's body stream). Should a future aiohttp drop them, ``HttpGuard.tracks_he
 False, a warning says so, the header deadline is off (the keep-alive timer remains) and a
 test fails; the server keeps working. The parse itself stays aiohttp's: the deadline ends
 where *its* parser says the headers end, never where a second parser of ours would.
+
+The short answers override one method, ``handle_error(request, status, exc, message)``, which
+aiohttp's handler calls on itself to answer an error; the subclass is never constructed (a
+handler the ``Server`` built becomes one by a ``__class__`` change: the subclass adds no
+slots, so the layout is the same), so nothing depends on how aiohttp builds its handlers.
+Should ``handle_error`` go, or the factory hand out something other than a plain
+``RequestHandler``, handlers are left as they are (``HttpGuard.short_errors`` is False, a
+warning says so) and a test fails.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import ssl
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, cast
 
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
 
 log = logging.getLogger("gossip.server")
 RESERVED_FDS = 128  # outgoing connections, data and checkpoint files, logs, torch, stdio
@@ -82,12 +105,56 @@ def connection_budget(max_connections: int, file_limit: int) -> int:
     return max(1, min(max_connections, file_limit - RESERVED_FDS))
 
 
+def remote_address(transport: asyncio.BaseTransport) -> str:
+    """Whom a connection counts against for ``max_connections_per_ip``: the remote IPv4
+    address, the /64 of an IPv6 one (an IPv4-mapped one: its IPv4 address), else ``""``."""
+    peer = transport.get_extra_info("peername")
+    host = peer[0] if isinstance(peer, tuple) and peer else None
+    if not isinstance(host, str):
+        return ""
+    try:
+        ip = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def short_error_text(status: int) -> str:
+    """The whole body of an error answer: ``400 Bad Request``."""
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
+
+
+class BriefErrorHandler(RequestHandler):
+    """aiohttp's handler, answering what it cannot parse without quoting it back."""
+
+    __slots__ = ()  # the same layout as RequestHandler's: see the module's docstring
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> StreamResponse:
+        if status != HTTPStatus.INTERNAL_SERVER_ERROR:
+            message = short_error_text(status)
+        return super().handle_error(request, status, exc, message)
+
+
 @dataclass
 class HttpStats:
     """What the guard did, for /v1/status and /metrics."""
 
     connections_accepted: int = 0
     connections_refused: int = 0
+    connections_refused_per_ip: int = 0
     header_timeouts: int = 0
     tls_failed: int = 0
 
@@ -102,13 +169,16 @@ class HttpGuard:
         max_connections: int,
         header_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
+        max_connections_per_ip: int | None = None,
     ) -> None:
         self.handler_factory = handler_factory
         self.max_connections = max_connections
+        self.max_connections_per_ip = max_connections_per_ip or max_connections
         self.header_timeout = header_timeout
         self.ssl_context = ssl_context
         self.stats = HttpStats()
         self.open = 0
+        self.open_by_address: Counter[str] = Counter()  # only addresses with a connection open
         self._connections: set[_Connection] = set()
         # The two attributes of aiohttp's handler that the header deadline reads (see above).
         self.tracks_headers = all(
@@ -116,6 +186,18 @@ class HttpGuard:
         )
         if not self.tracks_headers:
             log.warning("this aiohttp hides its parser state: no header deadline, keep-alive only")
+        self.short_errors = callable(getattr(RequestHandler, "handle_error", None))
+        if not self.short_errors:
+            log.warning("this aiohttp has no handle_error: bad requests get its own answers")
+
+    def _handler(self) -> RequestHandler:
+        handler = self.handler_factory()
+        if self.short_errors and type(handler) is RequestHandler:
+            handler.__class__ = BriefErrorHandler
+        elif self.short_errors:
+            self.short_errors = False
+            log.warning("aiohttp built a %s: bad requests get its own answers", type(handler))
+        return handler
 
     def __call__(self) -> _Connection:
         return _Connection(self)
@@ -147,6 +229,7 @@ class _Connection(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None  # the TLS handshake
         self.early: list[bytes] | None = None  # plaintext that arrived before start_tls returned
         self.counted = False
+        self.address = ""  # whom it counts against (see remote_address)
         self.lost = False
         self.timer: asyncio.TimerHandle | None = None
         self.payload: Any = None  # body stream of the newest request; None before the first
@@ -162,10 +245,22 @@ class _Connection(asyncio.Protocol):
             limit = guard.max_connections
             _now_and_then(guard.stats.connections_refused, f"{limit} connections open: refused one")
             return
+        address = remote_address(raw)
+        if guard.open_by_address[address] >= guard.max_connections_per_ip:
+            guard.stats.connections_refused_per_ip += 1
+            raw.abort()
+            limit = guard.max_connections_per_ip
+            _now_and_then(
+                guard.stats.connections_refused_per_ip,
+                f"{limit} connections open from {address or 'one address'}: refused one",
+            )
+            return
         guard.open += 1
+        guard.open_by_address[address] += 1
         guard.stats.connections_accepted += 1
         guard._connections.add(self)
         self.counted = True
+        self.address = address
         self.raw = raw
         if guard.ssl_context is None:
             self._attach(raw)
@@ -202,7 +297,7 @@ class _Connection(asyncio.Protocol):
 
     def _attach(self, transport: asyncio.Transport) -> None:
         self.transport = transport
-        self.inner = self.guard.handler_factory()
+        self.inner = self.guard._handler()
         self.inner.connection_made(transport)
         self._arm()  # the first request's headers: from the start of the connection
 
@@ -216,8 +311,12 @@ class _Connection(asyncio.Protocol):
     def _release(self) -> None:
         if self.counted:
             self.counted = False
-            self.guard.open -= 1
-            self.guard._connections.discard(self)
+            guard = self.guard
+            guard.open -= 1
+            guard.open_by_address[self.address] -= 1
+            if guard.open_by_address[self.address] <= 0:
+                del guard.open_by_address[self.address]  # bounded by the open connections
+            guard._connections.discard(self)
 
     def abort(self) -> None:
         transport = self.transport or self.raw

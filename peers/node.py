@@ -152,8 +152,9 @@ class Node:
         self.last_eval: tuple[float, float] | None = None  # (accuracy, loss)
         self.restored_from: str | None = None
         limits = ServerLimits(
-            config.header_timeout, config.max_connections, config.max_requests, config.max_uploads
-        )
+            config.header_timeout, config.max_connections, config.max_requests, config.max_uploads,
+            max_connections_per_ip=config.max_connections_per_ip,
+        )  # fmt: skip
         self.server = NodeServer(self.peer, self.transport, self.status, limits)
         self._tasks: list[asyncio.Task[None]] = []
         self.task_errors: Counter[str] = Counter()  # failures of periodic steps, by kind
@@ -173,6 +174,7 @@ class Node:
             "messages_received": c.received,
             "messages_rejected": sum(c.rejected.values()),
             "rejected_by_reason": dict(sorted(c.rejected.items())),
+            "rollbacks": c.rollbacks,
             "merges": c.merges,
             "train_steps": c.train_steps,
             "send_failed": c.send_failed,

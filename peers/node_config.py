@@ -66,6 +66,7 @@ NODE_HELP: dict[str, str] = {
     "screen_distance": "distance screen: refuse pushed models further than this many times the other senders' median distance (0 = off)",
     "attack": "robustness testing only: none, or an attack kind (sign-flip, random, huge, age-inflation, alie, ipm) this node then gossips instead of its model",
     "max_uploads": "pushed model bodies read at once (each holds one buffer of the largest message size); beyond it pushes get HTTP 503",
+    "max_connections_per_ip": "open HTTP connections from one remote address (IPv6: one /64); beyond it its new ones are closed at once, so that one client cannot take all of --max-connections",
 }
 
 
@@ -119,6 +120,7 @@ class NodeConfig:
     screen: float = 10.0
     screen_distance: float = 4.0
     attack: str = "none"
+    max_connections_per_ip: int = 64
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -189,6 +191,7 @@ class NodeConfig:
         for flag, limit in (
             ("--max-connections", self.max_connections), ("--max-requests", self.max_requests),
             ("--max-uploads", self.max_uploads),
+            ("--max-connections-per-ip", self.max_connections_per_ip),
         ):  # fmt: skip
             if limit < 1:
                 raise ConfigError(f"{flag} must be at least 1, got {limit}")

@@ -14,7 +14,8 @@ Order of checks on a push: body size (limit derived from the model size) and a r
 bounds), then the age-inflation guard and the inbox.
 
 Limits against one misbehaving client (``ServerLimits``): below aiohttp, ``peers.http_guard``
-bounds open connections and the time request headers may take; here, at most
+bounds open connections (in all and per remote address) and the time request headers may
+take, and answers unparsable requests briefly; here, at most
 ``max_requests`` handlers run at once (beyond: 503 at once; ``/healthz`` is exempt, it never
 waits) and at most ``max_uploads`` push bodies are read at once, each into one of as many
 reusable buffers of the largest valid message size (beyond: 503, and the connection is
@@ -68,12 +69,14 @@ class ServerLimits:
     from their first byte on a kept-alive connection; idle connections are closed after
     twice that). max_connections: open sockets (lowered to stay below the file limit).
     max_requests: handlers running at once. max_uploads: push bodies read at once.
+    max_connections_per_ip: open sockets from one remote address (an IPv6 one: its /64).
     """
 
     header_timeout: float = 10.0
     max_connections: int = 512
     max_requests: int = 64
     max_uploads: int = 8
+    max_connections_per_ip: int = 64
 
 
 class _TooLarge(Exception):
@@ -106,6 +109,9 @@ class PeerCollector(Collector):
         yield rejected
         yield CounterMetricFamily("gossip_merges", "Models merged", value=c.merges)
         yield CounterMetricFamily(
+            "gossip_rollbacks", "Updates rolled back (non-finite result)", value=c.rollbacks
+        )
+        yield CounterMetricFamily(
             "gossip_age_capped", "Received ages capped by the guard", value=c.age_capped
         )
         yield CounterMetricFamily("gossip_train_steps", "Local training steps", value=c.train_steps)
@@ -136,6 +142,7 @@ _HTTP_METRICS = (
     ("connections_open", "gauge", "Open HTTP connections"),
     ("connections_accepted", "counter", "HTTP connections accepted"),
     ("connections_refused", "counter", "HTTP connections closed at once: max_connections reached"),
+    ("connections_refused_per_ip", "counter", "Closed at once: max_connections_per_ip reached"),
     ("header_timeouts", "counter", "Connections aborted: request headers took over header_timeout"),
     ("tls_failed", "counter", "TLS handshakes that failed or timed out"),
     ("requests_in_flight", "gauge", "HTTP requests being handled"),
@@ -225,6 +232,7 @@ class NodeServer:
             max_connections=budget,
             header_timeout=limits.header_timeout,
             ssl_context=ssl_context,
+            max_connections_per_ip=limits.max_connections_per_ip,
         )
         try:
             self._listener = await asyncio.get_running_loop().create_server(
@@ -264,6 +272,7 @@ class NodeServer:
             "uploads_refused": self.uploads_refused,
             "upload_buffers": self.uploads.allocated,
             "max_connections": guard.max_connections if guard else self.limits.max_connections,
+            "max_connections_per_ip": self.limits.max_connections_per_ip,
         }
 
     # ------------------------------------------------------------------ handlers

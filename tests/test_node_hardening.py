@@ -1,7 +1,8 @@
 """A real node against one misbehaving outsider on 127.0.0.1: slow headers, too many
-connections, garbage on a kept-alive connection, piles of unfinished uploads, requests
-beyond the bound, stalled TLS. Each test waits on the server's own counters (bounded
-polls), never on a fixed sleep; the only sleeps are the pace of a trickling client."""
+connections (in all, and from one address), garbage on a kept-alive connection and the
+answer to it, piles of unfinished uploads, requests beyond the bound, stalled TLS. Each test
+waits on the server's own counters (bounded polls), never on a fixed sleep; the only sleeps
+are the pace of a trickling client."""
 
 from __future__ import annotations
 
@@ -22,7 +23,13 @@ from netutil import free_ports
 from gossip.codec import MessageMeta, encode
 from gossip.errors import ConfigError
 from peers import log_guard
-from peers.http_guard import BufferPool, connection_budget, raise_file_limit
+from peers.http_guard import (
+    BufferPool,
+    connection_budget,
+    raise_file_limit,
+    remote_address,
+    short_error_text,
+)
 from peers.log_guard import LogGuard
 from peers.node import Node
 from peers.node_config import NodeConfig
@@ -202,6 +209,62 @@ async def test_connections_beyond_the_bound_are_closed_at_once(
     assert len(_remote_log(caplog)) < 1000  # refusals are counted, logged at 1, 2, 4, 8, 16
 
 
+async def test_one_address_cannot_take_all_the_connections(
+    start_node: NodeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    node = await start_node(header_timeout=5.0, max_connections=64, max_connections_per_ip=4)
+    conns = [await _connect(node) for _ in range(30)]  # one outsider, reconnecting
+    await _until(
+        lambda: (
+            _http(node)["connections_accepted"] + _http(node)["connections_refused_per_ip"] == 30
+        )
+    )
+    assert (_http(node)["connections_open"], _http(node)["connections_refused_per_ip"]) == (4, 26)
+    assert _http(node)["connections_refused"] == 0  # the global bound was never reached
+    closed = await asyncio.gather(*(_closed(r, 0.5) for r, _ in conns))
+    assert sum(closed) == 26 and not any(closed[:4])  # the first four are served
+    again = await _connect(node)
+    assert await _closed(again[0], 0.5)  # from the same address: refused too, at once
+    try:  # another address (all of 127/8 is loopback on Linux) still gets in
+        other = await _connect(node, local_addr=("127.0.0.2", 0))
+    except OSError:
+        pytest.skip("127.0.0.2 is not a local address here")
+    other[1].write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await _response(other[0]))[0] == 200
+    assert node.server.guard is not None
+    assert dict(node.server.guard.open_by_address) == {"127.0.0.1": 4, "127.0.0.2": 1}
+    for _, writer in [*conns, again, other]:
+        writer.transport.abort()
+    await _until(lambda: _http(node)["connections_open"] == 0)
+    assert not node.server.guard.open_by_address  # nothing kept per address once closed
+    status, answer = await _get(node, "/v1/status")
+    assert status == 200 and answer["http"]["connections_refused_per_ip"] == 27
+    assert answer["http"]["max_connections_per_ip"] == 4
+    assert "gossip_http_connections_refused_per_ip_total 27.0" in (await _get(node, "/metrics"))[1]
+    assert len(_remote_log(caplog)) < 1000  # counted, logged at 1, 2, 4, 8, 16
+
+
+class _Transport:
+    def __init__(self, peername: object) -> None:
+        self.peername = peername
+
+    def get_extra_info(self, name: str) -> object:
+        return self.peername if name == "peername" else None
+
+
+@pytest.mark.parametrize(
+    ("peername", "address"),
+    [(("10.1.2.3", 5000), "10.1.2.3"), (("2001:db8:1:2:3:4:5:6", 5000, 0, 0), "2001:db8:1:2::/64"),
+     (("2001:db8:1:2:ffff::1", 80, 0, 0), "2001:db8:1:2::/64"), (("::ffff:10.1.2.3", 1, 0, 0), "10.1.2.3"),
+     (("fe80::1%eth0", 1, 0, 2), "fe80::/64"), ("", ""), (None, ""), (("not-an-ip", 1), "not-an-ip")],
+)  # fmt: skip
+def test_connections_count_against_their_ipv4_address_or_ipv6_slash_64(
+    peername: object, address: str
+) -> None:
+    assert remote_address(_Transport(peername)) == address  # type: ignore[arg-type]
+
+
 def test_the_file_limit_is_raised_and_the_connection_bound_kept_below_it() -> None:
     resource = pytest.importorskip("resource")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -251,6 +314,28 @@ async def test_garbage_on_a_kept_alive_connection_logs_little_and_no_traceback(
     errors = [r for r in caplog.records if r.name == "aiohttp.server"]
     assert len(errors) == frozen_log_guard.burst  # one a connection, up to the burst
     assert frozen_log_guard.suppressed_total >= 50 - frozen_log_guard.burst
+    assert (await _get(node, "/healthz"))[0] == 200
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [bytes(range(256)) * 82, b"GET /" + b"x" * 20_000 + b" HTTP/1.1\r\n\r\n",
+     b"POST /v1/gossip HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
+     b"GET /healthz HTTP/1.1\r\nX-Big: " + b"\x80" * 9000 + b"\r\n\r\n"],
+    ids=["binary", "long request line", "bad content-length", "long header"],
+)  # fmt: skip
+async def test_an_unparsable_request_gets_a_short_fixed_answer(
+    start_node: NodeFactory, request_bytes: bytes
+) -> None:
+    node = await start_node()
+    reader, writer = await _connect(node)
+    writer.write(request_bytes)
+    status, body = await _response(reader)
+    assert (status, body) == (400, short_error_text(400).encode()) == (400, b"400 Bad Request")
+    assert await _closed(reader, 2.0)  # and the connection is closed
+    writer.close()
+    guard = node.server.guard
+    assert guard is not None and guard.short_errors  # this aiohttp: the override is in place
     assert (await _get(node, "/healthz"))[0] == 200
 
 
@@ -461,7 +546,7 @@ def test_log_guard_install_is_idempotent() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [("header_timeout", 0.0), ("header_timeout", float("nan")), ("max_connections", 0),
-     ("max_requests", 0), ("max_uploads", -1)],
+     ("max_requests", 0), ("max_uploads", -1), ("max_connections_per_ip", 0)],
 )  # fmt: skip
 def test_bad_limits_are_one_line_config_errors(tmp_path: Path, field: str, value: float) -> None:
     with pytest.raises(ConfigError, match="--" + field.replace("_", "-")) as e:
