@@ -15,9 +15,10 @@ Merge specs (``--merge``):
     beyond the honest distances. MULT defaults to 1.
 ``trimmed-mean[:K]``
     Coordinate-wise trimmed mean (drop K largest and K smallest; K defaults to 1) over the
-    local model and the latest model of each recent distinct sender.
+    local model and the latest model of each recent distinct sender; the local model then
+    moves toward it by the age weight ``a_r``: ``w = w_l + a_r * (trimmed - w_l)``.
 ``median``
-    Coordinate-wise median over the same set.
+    The same with the coordinate-wise median.
 
 Every rule returns age ``max(t_l, t_r)``, where ``t_r`` has already been bounded by the age
 guard (:mod:`gossip.age_guard`). The window rules keep references to received tensors, which
@@ -112,9 +113,13 @@ class Merger:
         self._models.put(sender, w_r)
         stacked = torch.stack([w_l, *self._models.values()])
         if name == "median":
-            w_l.copy_(coordinate_median(stacked))
+            robust = coordinate_median(stacked)
         else:
-            w_l.copy_(trimmed_mean(stacked, int(self.spec.param)))
+            robust = trimmed_mean(stacked, int(self.spec.param))
+        # Move toward the robust aggregate as far as age-weighting would move toward the
+        # received model: replacing the model by it discarded the local progress every merge
+        # (the window's models are a few periods old), 0.67 instead of 0.80 on the default job.
+        w_l.lerp_(robust, AgeWeightedMerge().weight(t_l, t_r))
         return max(int(t_l), int(t_r))
 
     def _clipped_(
