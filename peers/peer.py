@@ -278,8 +278,9 @@ class Peer:
             )
         if reason is None and self.distance_screen.enabled:
             good = self._good.flat
-            diff = message.flat.to(device=good.device, dtype=good.dtype) - good
-            distance = float(torch.linalg.vector_norm(diff))
+            distance = float(
+                torch.dist(message.flat.to(device=good.device, dtype=good.dtype), good)
+            )
             reason = self.distance_screen.check(message.sender, self._local_norm(), distance)
         return reason
 
@@ -309,7 +310,7 @@ class Peer:
         self._good = good = self._make_snapshot()
         self._good_norm = None
         if previous is not None and self.distance_screen.enabled:
-            moved = float(torch.linalg.vector_norm(good.flat - previous.flat))
+            moved = float(torch.dist(good.flat, previous.flat))
             self.distance_screen.observe_motion(moved)
         if self.attacker is None:
             self._snapshot = good
@@ -331,7 +332,10 @@ class Peer:
         Whatever a merge or a training step produced (an absurd model that got through, a
         learning rate that diverges), a peer is never left with a dead model."""
         state = self.learner.state
-        if bool(torch.isfinite(state.flat).all()):
+        # Sum first (one pass, no bool tensor); only an inf sum needs the full check, since a
+        # sum of finite values may overflow.
+        flat = state.flat
+        if bool(torch.isfinite(flat.sum())) or bool(torch.isfinite(flat).all()):
             self._publish()
             return
         self.counters.rollbacks += 1
