@@ -15,51 +15,29 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import torch
-from netutil import free_ports
+from netutil import NodeFactory, lone_node_config
 
 from gossip.codec import MAX_AGE, MessageMeta, decode, encode
 from peers.checkpoint import CheckpointStore
 from peers.node import Node
 from peers.node_config import NodeConfig
 
-NodeFactory = Callable[..., Awaitable[Node]]
 HUGE = 1e30
 TIMEOUT = aiohttp.ClientTimeout(total=10)  # a stuck server fails in seconds
 
 
+NODE_DEFAULTS: dict[str, Any] = {"lr": 0.5, "read_timeout": 2.0}
+
+
 def _config(tmp_path: Path, **kw: Any) -> NodeConfig:
-    port, dead = free_ports(2)
-    peers = tmp_path / f"peers-{port}.txt"
-    peers.write_text(f"127.0.0.1:{port} n{port}\n127.0.0.1:{dead} dead\n")
-    fields: dict[str, Any] = dict(
-        peers=str(peers), host="127.0.0.1", port=port, id=f"n{port}", dataset="digits",
-        node_index=0, num_nodes=2, model="logreg", period=3600.0, lr=0.5, device="cpu",
-        eval_every=0, read_timeout=2.0,
-    )  # fmt: skip
-    fields.update(kw)
-    return NodeConfig(**fields)
-
-
-@pytest.fixture
-async def start_node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
-    nodes: list[Node] = []
-
-    async def start(**kw: Any) -> Node:
-        node = Node(_config(tmp_path, **kw))
-        await node.start()
-        nodes.append(node)
-        return node
-
-    yield start
-    for node in nodes:
-        await node.stop()
+    return lone_node_config(tmp_path, **{**NODE_DEFAULTS, **kw})
 
 
 def _message(node: Node, flat: torch.Tensor, *, sender: str, age: int) -> bytes:

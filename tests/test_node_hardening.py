@@ -12,13 +12,13 @@ import ipaddress
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from netutil import free_ports
+from netutil import NodeFactory, lone_node_config
 
 from gossip.codec import MessageMeta, encode
 from gossip.errors import ConfigError
@@ -35,36 +35,13 @@ from peers.node import Node
 from peers.node_config import NodeConfig
 
 Reader, Writer = asyncio.StreamReader, asyncio.StreamWriter
-NodeFactory = Callable[..., Awaitable[Node]]
+
+
+NODE_DEFAULTS: dict[str, Any] = {"read_timeout": 5.0, "age_guard": "refuse", "header_timeout": 0.3}
 
 
 def _config(tmp_path: Path, **kw: Any) -> NodeConfig:
-    port, dead = free_ports(2)
-    peers = tmp_path / f"peers-{port}.txt"
-    peers.write_text(f"127.0.0.1:{port} n{port}\n127.0.0.1:{dead} dead\n")
-    fields: dict[str, Any] = dict(
-        peers=str(peers), host="127.0.0.1", port=port, id=f"n{port}", dataset="digits",
-        node_index=0, num_nodes=2, model="logreg", period=3600.0, device="cpu", eval_every=0,
-        read_timeout=5.0, age_guard="refuse", header_timeout=0.3,
-    )  # fmt: skip
-    fields.update(kw)
-    return NodeConfig(**fields)
-
-
-@pytest.fixture
-async def start_node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
-    """Start nodes (one gossip period is an hour: nothing changes a model but a push)."""
-    nodes: list[Node] = []
-
-    async def start(**kw: Any) -> Node:
-        node = Node(_config(tmp_path, **kw))
-        await node.start()
-        nodes.append(node)
-        return node
-
-    yield start
-    for node in nodes:
-        await node.stop()
+    return lone_node_config(tmp_path, **{**NODE_DEFAULTS, **kw})
 
 
 def _http(node: Node) -> dict[str, Any]:
