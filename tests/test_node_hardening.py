@@ -7,8 +7,6 @@ are the pace of a trickling client."""
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import logging
 import ssl
 import time
@@ -18,7 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from netutil import NodeFactory, lone_node_config
+from netutil import NodeFactory, lone_node_config, self_signed_cert
 
 from gossip.codec import MessageMeta, encode
 from gossip.errors import ConfigError
@@ -392,39 +390,10 @@ async def test_requests_beyond_the_bound_get_503_at_once(start_node: NodeFactory
 # ------------------------------------------------------------------ TLS
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    cert_path, key_path = tmp_path / "node.crt", tmp_path / "node.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 async def test_tls_handshakes_and_headers_are_bounded_too(
     start_node: NodeFactory, tmp_path: Path
 ) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     node = await start_node(tls_cert=str(cert), tls_key=str(key), header_timeout=0.3)
     client = ssl.create_default_context(cafile=str(cert))
     assert (await _get(node, "/healthz", "https", ssl=client))[0] == 200

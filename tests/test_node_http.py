@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 import torch
-from netutil import free_ports
+from netutil import free_ports, self_signed_cert
 
 from gossip.codec import MessageMeta, decode, encode
 from peers.auth import AUTH_HEADER, AuthConfig, MessageSigner, format_shared_key, write_key_file
@@ -332,47 +332,8 @@ async def test_stop_writes_a_final_checkpoint_and_restart_resumes(tmp_path: Path
     assert again.restored_from is not None and again.peer.published().age == age
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "node.crt", tmp_path / "node.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 async def test_nodes_gossip_over_tls(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     a_port, b_port = free_ports(2)
     peers_file = tmp_path / "peers-tls.txt"
     peers_file.write_text(f"https://127.0.0.1:{a_port} a\nhttps://127.0.0.1:{b_port} b\n")
