@@ -189,8 +189,8 @@ class Peer:
         self.merge_latencies: deque[float] = deque(maxlen=4096)
         self._tasks: list[asyncio.Task[None]] = []
         self._good_norm: float | None = None
-        self._good = self._snapshot = self._make_snapshot()
-        self._publish()
+        self._good = self._make_snapshot()
+        self._snapshot = self._outgoing(self._good)
         transport.attach(self)
 
     def _training_rate(self) -> tuple[float, float]:
@@ -306,17 +306,18 @@ class Peer:
     def _publish(self) -> None:
         """Snapshot the model after a change: the honest copy is kept to roll back to; an
         attacker publishes poison made from it instead."""
-        previous = getattr(self, "_good", None)
-        self._good = good = self._make_snapshot()
+        previous, self._good = self._good, self._make_snapshot()
         self._good_norm = None
-        if previous is not None and self.distance_screen.enabled:
-            moved = float(torch.dist(good.flat, previous.flat))
-            self.distance_screen.observe_motion(moved)
+        if self.distance_screen.enabled:
+            self.distance_screen.observe_motion(float(torch.dist(self._good.flat, previous.flat)))
+        self._snapshot = self._outgoing(self._good)
+
+    def _outgoing(self, good: ModelSnapshot) -> ModelSnapshot:
+        """What this peer sends: its model, or the attacker's poison made from it."""
         if self.attacker is None:
-            self._snapshot = good
-        else:
-            flat, age = self.attacker.poison(good.flat, good.age)
-            self._snapshot = ModelSnapshot(self.peer_id, flat, age)
+            return good
+        flat, age = self.attacker.poison(good.flat, good.age)
+        return ModelSnapshot(self.peer_id, flat, age)
 
     def _train(self) -> None:
         c = self.config
