@@ -19,6 +19,7 @@ from torch import nn
 from gossip.errors import ConfigError
 from gossip.fastpath import LinearStackStep
 from gossip.optim import FlatSGD
+from gossip.schedule import LRSchedule
 from gossip.state import ModelState
 
 OPTIMIZERS = ("sgd", "adam")
@@ -29,8 +30,12 @@ class LearnerConfig:
     """How a peer trains locally.
 
     optimizer: ``sgd`` (default, plain SGD as in Gossip Learning) or ``adam``.
-    lr: learning rate. momentum: SGD momentum (0 keeps SGD stateless, cheap per peer).
-    weight_decay: L2 penalty. batch_size: samples per local step.
+    lr: base learning rate. lr_schedule: how the rate falls with the model's age
+    (:mod:`gossip.schedule`; keyed on the age, so it carries across merges).
+    momentum: SGD momentum (0 keeps SGD stateless, cheap per peer); after a merge the
+    buffer is merged like the model with an unknown (zero) remote velocity, i.e. scaled by
+    the local model's weight (:meth:`Learner.merged`). weight_decay: L2 penalty, part of the
+    gradient, so it follows the schedule too. batch_size: samples per local step.
     device: ``auto`` (cuda when available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``.
     fast_path: train Linear/ReLU stacks (logreg, mlp) with SGD through the hand-written step
     of :mod:`gossip.fastpath` instead of autograd (same gradients, several times faster).
@@ -38,6 +43,7 @@ class LearnerConfig:
 
     optimizer: str = "sgd"
     lr: float = 0.05
+    lr_schedule: str = "constant"
     momentum: float = 0.0
     weight_decay: float = 0.0
     batch_size: int = 32
@@ -53,6 +59,11 @@ class LearnerConfig:
             raise ConfigError(f"learning rate must be positive, got {self.lr}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.weight_decay < float("inf"):
+            raise ConfigError(f"weight decay must be >= 0, got {self.weight_decay}")
+        LRSchedule.parse(self.lr_schedule)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -123,6 +134,7 @@ class Learner:
         self.state = ModelState.bind(self.model, age=age)
         self.data = data.to(self.device)
         self._n = len(self.data)  # fixed; len() of a tensor is a Python call per use
+        self.schedule = LRSchedule.parse(config.lr_schedule)
         self.optimizer = self._make_optimizer()
         self._fast = (
             LinearStackStep.build(self.model)
@@ -168,7 +180,10 @@ class Learner:
         steps = 1 if steps is None else steps
         total_loss = torch.zeros((), device=self.device)
         samples = 0
+        scheduled = self.schedule.kind != "constant"
         for _ in range(steps):
+            if scheduled:
+                self._set_lr(self.config.lr * self.schedule.factor(self.state.age + samples))
             rows = self._next_rows()
             x, y = self.data.x.index_select(0, rows), self.data.y.index_select(0, rows)
             if self._fast is not None:
@@ -182,6 +197,36 @@ class Learner:
             samples += len(y)
         self.state.age += samples
         return TrainStats(steps, samples, float(total_loss) / steps)
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next step takes (the schedule at the current age)."""
+        return self.config.lr * self.schedule.factor(self.state.age)
+
+    def _set_lr(self, lr: float) -> None:
+        if isinstance(self.optimizer, FlatSGD):
+            self.optimizer.lr = lr
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+
+    def merged(self, remote_weight: float) -> None:
+        """The model was just merged, moving ``remote_weight`` of the way to another model.
+
+        The merged model is ``(1 - a) w_l + a w_r``; its velocity is taken as the same
+        combination of the local momentum and the remote one, which is not sent (taken as
+        zero): the momentum buffer (Adam: the first moment) is scaled by ``1 - a``. So
+        ``replace`` forgets the local momentum, a merge with an unaged model keeps it all,
+        and a momentum built on a trajectory the model has left does not drag it back."""
+        keep = min(max(1.0 - float(remote_weight), 0.0), 1.0)
+        if keep == 1.0:
+            return
+        if isinstance(self.optimizer, FlatSGD):
+            self.optimizer.scale_state(keep)
+        else:
+            for state in self.optimizer.state.values():
+                if "exp_avg" in state:
+                    state["exp_avg"].mul_(keep)
 
     def reset_optimizer_state(self) -> None:
         """Forget momentum / Adam moments (after the model was rolled back to a snapshot)."""

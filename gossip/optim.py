@@ -47,6 +47,11 @@ class FlatSGD:
         """Drop the momentum buffer (its values may come from a model that was rolled back)."""
         self._momentum_buf = None
 
+    def scale_state(self, factor: float) -> None:
+        """Scale the momentum buffer (after a merge, see :meth:`Learner.merged`)."""
+        if self._momentum_buf is not None:
+            self._momentum_buf.mul_(factor)
+
     def zero_grad(self) -> None:
         self.grad.zero_()
 

@@ -96,6 +96,9 @@ class Merger:
         self._models: SenderWindow[torch.Tensor] = SenderWindow(window)
         self._distances: SenderWindow[float] = SenderWindow(window)
         self.last_radius: float | None = None  # the clipping radius of the last merge
+        # How far the last merge moved the model toward what it merged, in [0, 1]: the
+        # weight of the momentum it takes over (see Learner.merged).
+        self.last_weight: float = 0.0
 
     @property
     def merges(self) -> bool:
@@ -106,6 +109,7 @@ class Merger:
         """Merge ``w_r`` (age ``t_r``, from ``sender``) into ``w_l`` in place; the new age."""
         name = self.spec.name
         if name not in ROBUST_RULES:
+            self.last_weight = self.rule.weight(t_l, t_r) if self.rule.merges else 0.0
             return int(self.rule.merge_(w_l, t_l, w_r, t_r))
         if name == "clipped":
             self._clipped_(w_l, t_l, w_r, t_r, sender)
@@ -119,7 +123,8 @@ class Merger:
         # Move toward the robust aggregate as far as age-weighting would move toward the
         # received model: replacing the model by it discarded the local progress every merge
         # (the window's models are a few periods old), 0.67 instead of 0.80 on the default job.
-        w_l.lerp_(robust, AgeWeightedMerge().weight(t_l, t_r))
+        self.last_weight = AgeWeightedMerge().weight(t_l, t_r)
+        w_l.lerp_(robust, self.last_weight)
         return max(int(t_l), int(t_r))
 
     def _clipped_(
@@ -128,7 +133,7 @@ class Merger:
         diff = w_r - w_l
         dist = float(torch.linalg.vector_norm(diff))
         if not dist < float("inf"):  # overflowed or NaN: nothing of it can be used
-            self.last_radius = 0.0
+            self.last_radius, self.last_weight = 0.0, 0.0
             return
         # The radius comes from the other senders: nobody vouches for itself. A peer that
         # hears from one sender only (a leaf) uses that sender's distance: it has no choice.
@@ -137,4 +142,5 @@ class Merger:
         radius = self.spec.param * lower_median(others if others else [dist])
         self.last_radius = radius
         ratio = min(1.0, radius / dist) if dist > 0 else 1.0
-        w_l.add_(diff, alpha=AgeWeightedMerge().weight(t_l, t_r) * ratio)
+        self.last_weight = AgeWeightedMerge().weight(t_l, t_r) * ratio
+        w_l.add_(diff, alpha=self.last_weight)
