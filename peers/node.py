@@ -25,7 +25,7 @@ import torch
 
 from gossip.datasets import Dataset, load_dataset
 from gossip.errors import ConfigError, GossipError
-from gossip.learner import Learner, LearnerConfig, LocalData
+from gossip.learner import Learner, LocalData
 from gossip.models import build_model_for
 from gossip.partition import partition, partition_generator
 from gossip.seeding import peer_stream, peer_torch_seed
@@ -98,12 +98,7 @@ class Node:
         self.node_id = config.id or (me.peer_id if me else f"{config.host}:{config.port}")
         self.others = others(entries, me)
         self.dataset, shard = local_data(config)
-        learner_config = LearnerConfig(
-            optimizer=config.optimizer,
-            lr=config.lr,
-            batch_size=config.batch_size,
-            device=config.device,
-        )
+        learner_config = config.learner_config()
         model = build_model_for(config.model, self.dataset, config.seed)
         indices = None if shard is None else torch.as_tensor(shard)
         local = LocalData(self.dataset.x_train, self.dataset.y_train, indices)

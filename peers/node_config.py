@@ -17,6 +17,7 @@ from gossip.errors import ConfigError
 from peers.config_file import config_from_toml
 
 if TYPE_CHECKING:
+    from gossip.learner import LearnerConfig
     from peers.peer import PeerConfig
 
 NODE_HELP: dict[str, str] = {
@@ -37,9 +38,13 @@ NODE_HELP: dict[str, str] = {
     "mode": "push, pull or push-pull",
     "period": "seconds between gossip rounds",
     "jitter": "relative jitter of the period, in [0, 1)",
-    "local_steps": "SGD steps per received model",
+    "local_steps": "SGD steps per training",
+    "train_on": "when to train: timer (once per period, before pushing; what others send cannot speed it up or starve it), receive (after each merged push, the original protocol) or both",
     "batch_size": "samples per local step",
     "lr": "learning rate",
+    "lr_schedule": "learning rate by the model's age (samples seen): constant, inverse:TAU, sqrt:TAU or cosine:HORIZON",
+    "momentum": "SGD momentum (scaled by the local weight at each merge)",
+    "weight_decay": "L2 weight decay",
     "optimizer": "sgd or adam",
     "eval_every": "evaluate on the test split every this many periods (0: never)",
     "device": "auto (cuda when available), cpu, cuda or cuda:N",
@@ -92,8 +97,12 @@ class NodeConfig:
     period: float = 1.0
     jitter: float = 0.1
     local_steps: int = 1
+    train_on: str = "timer"
     batch_size: int = 32
     lr: float = 0.1
+    lr_schedule: str = "constant"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
     optimizer: str = "sgd"
     eval_every: int = 10
     device: str = "auto"
@@ -174,6 +183,13 @@ class NodeConfig:
 
         parse_partition(self.partition)
         self.peer_config()  # checks --mode, --merge, --age-guard, screens, --attack (imports torch)
+        self.learner_config()  # --momentum, --weight-decay, --lr-schedule
+        from gossip.schedule import LRSchedule
+
+        if LRSchedule.parse(self.lr_schedule).needs_horizon:
+            raise ConfigError(
+                "--lr-schedule cosine needs a horizon on a node: cosine:SAMPLES, e.g. cosine:200000"
+            )
         from gossip.codec import CODECS
         from gossip.learner import OPTIMIZERS
         from gossip.models import MODELS
@@ -196,12 +212,22 @@ class NodeConfig:
             if limit < 1:
                 raise ConfigError(f"{flag} must be at least 1, got {limit}")
 
+    def learner_config(self) -> LearnerConfig:
+        from gossip.learner import LearnerConfig
+
+        return LearnerConfig(
+            optimizer=self.optimizer, lr=self.lr, lr_schedule=self.lr_schedule,
+            momentum=self.momentum, weight_decay=self.weight_decay,
+            batch_size=self.batch_size, device=self.device,
+        )  # fmt: skip
+
     def peer_config(self) -> PeerConfig:
         from peers.peer import PeerConfig
 
         return PeerConfig(
             period=self.period, jitter=self.jitter, mode=self.mode, merge=self.merge,
-            local_steps=self.local_steps, inbox_size=self.inbox_size, age_guard=AgeGuard(self.age_guard),
+            local_steps=self.local_steps, train_on=self.train_on, inbox_size=self.inbox_size,
+            age_guard=AgeGuard(self.age_guard),
             screen=self.screen, screen_distance=self.screen_distance, attack=self.attack,
         )  # fmt: skip
 

@@ -66,7 +66,7 @@ class PeerConfig:
     merge: str = "age-weighted"
     local_steps: int = 1
     local_epochs: float | None = None
-    train_on: str = "receive"
+    train_on: str = "timer"
     inbox_size: int = 16
     train_cost: float = 0.0
     age_guard: AgeGuard = field(default_factory=AgeGuard)
@@ -190,6 +190,11 @@ class Peer:
         self._tasks: list[asyncio.Task[None]] = []
         self._good_norm: float | None = None
         self._good = self._make_snapshot()
+        # The last published model that a training step produced (or the initial one): what
+        # a failed training step rolls back to. A merge may leave a finite but absurd model
+        # that only the next step turns non-finite (with --train-on timer that step comes
+        # later): rolling back to the merged model would leave a peer that fails every step.
+        self._trained = self._good
         self._snapshot = self._outgoing(self._good)
         transport.attach(self)
 
@@ -294,8 +299,10 @@ class Peer:
         return self._snapshot
 
     def republish(self) -> None:
-        """Publish the current model again (after it was changed from outside, e.g. restored)."""
+        """Publish the current model again (after it was changed from outside, e.g. restored):
+        it is also what a failed training step rolls back to."""
         self._publish()
+        self._trained = self._good
 
     # ------------------------------------------------------------------ work
 
@@ -319,29 +326,38 @@ class Peer:
         flat, age = self.attacker.poison(good.flat, good.age)
         return ModelSnapshot(self.peer_id, flat, age)
 
-    def _train(self) -> None:
+    def _train(self) -> bool:
+        """One training update; False when the peer does not train (0 steps)."""
         c = self.config
         if c.local_steps == 0 and c.local_epochs is None:
-            return
+            return False
         stats = self.learner.train(steps=c.local_steps, epochs=c.local_epochs)
         self.counters.train_steps += stats.steps
         self.counters.samples_trained += stats.samples
+        return True
 
-    def _commit_or_roll_back(self) -> None:
-        """Publish the new model if it is finite; otherwise restore the last published one.
+    def _commit_or_roll_back(self, trained: bool) -> None:
+        """Publish the new model if it is finite; otherwise restore a good one.
 
         Whatever a merge or a training step produced (an absurd model that got through, a
-        learning rate that diverges), a peer is never left with a dead model."""
+        learning rate that diverges), a peer is never left with a dead model: a failed merge
+        goes back to the last published model, a failed training step to the last model a
+        training step produced (the merges since then may be what made it fail)."""
         state = self.learner.state
         # Sum first (one pass, no bool tensor); only an inf sum needs the full check, since a
         # sum of finite values may overflow.
         flat = state.flat
         if bool(torch.isfinite(flat.sum())) or bool(torch.isfinite(flat).all()):
             self._publish()
+            if trained:
+                self._trained = self._good
             return
         self.counters.rollbacks += 1
-        state.load_flat(self._good.flat, self._good.age)
+        target = self._trained if trained else self._good
+        state.load_flat(target.flat, target.age)
         self.learner.reset_optimizer_state()
+        if trained and target is not self._good:
+            self._publish()
 
     def _merge_and_train(self, message: ModelMessage, now: float) -> None:
         state = self.learner.state
@@ -362,17 +378,17 @@ class Peer:
                     self.counters.age_capped += 1
             before = state.age
             state.age = self.merger.merge_(state.flat, before, incoming, age, message.sender)
+            self.learner.merged(self.merger.last_weight)
             self.allowance.spend(before, state.age)
             self.counters.merges += 1
         # With the ``none`` rule the receipt still triggers training, so that peers training
         # alone get exactly as many steps as gossiping ones: a fair baseline.
-        if self.config.train_on in ("receive", "both"):
-            self._train()
-        self._commit_or_roll_back()
+        trained = self.config.train_on in ("receive", "both") and self._train()
+        self._commit_or_roll_back(trained)
 
     def _train_and_publish(self) -> None:
-        self._train()
-        self._commit_or_roll_back()
+        if self._train():
+            self._commit_or_roll_back(trained=True)
 
     def _train_cost(self) -> float:
         return self.config.train_cost * self.config.local_steps

@@ -37,7 +37,10 @@ FIELD_HELP: dict[str, str] = {
     "train_on": "receive (merge then train), timer (train once per period) or both",
     "local_steps": "SGD steps per update",
     "batch_size": "samples per local step",
-    "lr": "learning rate",
+    "lr": "learning rate (the base of --lr-schedule)",
+    "lr_schedule": "learning rate by the model's age (samples seen): constant, inverse:TAU, sqrt:TAU or cosine[:HORIZON] (bare: the age at the end of the run)",
+    "momentum": "SGD momentum (scaled by the local weight at each merge)",
+    "weight_decay": "L2 weight decay",
     "optimizer": "sgd or adam",
     "periods": "run length in gossip periods",
     "period": "gossip period in virtual seconds",
@@ -51,6 +54,7 @@ FIELD_HELP: dict[str, str] = {
     "train_cost": "virtual seconds one local training step takes",
     "eval_every": "evaluate every this many periods",
     "eval_peers": "peers evaluated at each point (0 = all)",
+    "eval_samples": "test samples each evaluation uses: a fixed random subset (0 = the whole test split)",
     "seed": "the seed all randomness derives from",
     "threads": "torch CPU threads (1 is fastest for small models and reproducible)",
     "device": "cpu, cuda, cuda:N or auto",
@@ -71,6 +75,7 @@ class SimConfig:
     delay / loss / bandwidth / codec / partitions / churn: the network and its failures.
     train_cost: virtual seconds per local training step.
     eval_every: periods between evaluations. eval_peers: peers evaluated (0 = all).
+    eval_samples: size of the fixed random test subset evaluated on (0 = all).
     seed: the only source of randomness. threads: torch CPU threads (1 keeps runs fast
     and bit-for-bit reproducible).
     """
@@ -90,10 +95,13 @@ class SimConfig:
     age_guard: str = "cap"
     attack: str = "none"
     mode: str = "push"
-    train_on: str = "receive"
+    train_on: str = "timer"
     local_steps: int = 1
     batch_size: int = 32
     lr: float = 0.5
+    lr_schedule: str = "constant"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
     optimizer: str = "sgd"
     periods: int = 200
     period: float = 1.0
@@ -107,6 +115,7 @@ class SimConfig:
     train_cost: float = 0.0
     eval_every: int = 10
     eval_peers: int = 0
+    eval_samples: int = 0
     seed: int = 0
     threads: int = 1
     device: str = "cpu"
@@ -116,8 +125,8 @@ class SimConfig:
             raise ConfigError(f"a simulation needs at least 2 peers, got {self.peers}")
         if self.periods < 1 or self.eval_every < 1:
             raise ConfigError("periods and eval_every must be at least 1")
-        if self.eval_peers < 0 or self.threads < 1:
-            raise ConfigError("eval_peers must be >= 0 (0 = all) and threads >= 1")
+        if self.eval_peers < 0 or self.eval_samples < 0 or self.threads < 1:
+            raise ConfigError("eval_peers and eval_samples must be >= 0 (0 = all) and threads >= 1")
         if self.sampler not in SAMPLERS:
             raise ConfigError(
                 f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}"
@@ -152,12 +161,28 @@ class SimConfig:
             train_cost=self.train_cost,
         )
 
-    def learner_config(self) -> LearnerConfig:
+    def learner_config(self, step_samples: float | None = None) -> LearnerConfig:
+        """The peers' learner; ``step_samples`` (samples one step sees: the batch size, or
+        less when shards are smaller) sets the horizon of a bare ``cosine`` schedule."""
         from gossip.learner import LearnerConfig
+        from gossip.schedule import LRSchedule
 
-        return LearnerConfig(
-            optimizer=self.optimizer, lr=self.lr, batch_size=self.batch_size, device=self.device
+        schedule = LRSchedule.parse(self.lr_schedule).with_horizon(
+            self.final_age(step_samples or self.batch_size)
         )
+        return LearnerConfig(
+            optimizer=self.optimizer, lr=self.lr, lr_schedule=str(schedule),
+            momentum=self.momentum, weight_decay=self.weight_decay,
+            batch_size=self.batch_size, device=self.device,
+        )  # fmt: skip
+
+    def final_age(self, step_samples: float) -> float:
+        """The age (samples) an honest model reaches by the end of the run: trainings per
+        period times samples per training times periods (ages merge by max, so a lineage's
+        age grows at one peer's training rate). The horizon of a bare ``cosine`` schedule."""
+        receipts = 2.0 if self.mode == "push-pull" else 1.0
+        trainings = receipts * (self.train_on != "timer") + (self.train_on != "receive")
+        return trainings * self.local_steps * step_samples * self.periods
 
     def network_config(self) -> NetworkConfig:
         from sim.network import NetworkConfig

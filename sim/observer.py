@@ -7,6 +7,7 @@ write byte-identical files.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from gossip.learner import evaluate_model
+from gossip.state import ModelState
 from peers.peer import Peer
 from sim.network import SimNetwork
 
@@ -65,6 +67,28 @@ class MetricsObserver:
         self.x_test = x_test
         self.y_test = y_test
         self.eval_indices = list(eval_indices)
+        self._scratch: tuple[torch.nn.Module, ModelState] | None = None
+
+    def average_model_accuracy(self) -> tuple[float, float]:
+        """(accuracy, loss) of the average of the online honest peers' models (all honest
+        peers when none is online): what the peers would reach if they agreed, the yardstick
+        of how much each peer's own model lags behind the collective one."""
+        online = self.network.online
+        members = [
+            p for i, p in enumerate(self.peers) if i not in self.attackers and p.peer_id in online
+        ] or [p for i, p in enumerate(self.peers) if i not in self.attackers]
+        if not members:
+            return float("nan"), float("nan")
+        if self._scratch is None:
+            module = copy.deepcopy(members[0].learner.model)
+            self._scratch = (module, ModelState.bind(module))
+        module, state = self._scratch
+        total = torch.zeros_like(members[0].learner.state.flat, dtype=torch.float64)
+        for p in members:
+            total.add_(p.learner.state.flat)
+        state.load_flat(total.div_(len(members)).to(state.flat.dtype), 0)
+        stats = evaluate_model(module, self.x_test, self.y_test, members[0].learner.device)
+        return stats.accuracy, stats.loss
 
     def record(self, time: float, period: int) -> dict[str, Any]:
         accs, losses, honest_accs = [], [], []
@@ -84,6 +108,7 @@ class MetricsObserver:
         ages = np.asarray([p.learner.state.age for p in self.peers], dtype=np.float64)
         s = self.network.stats
         counters = [p.counters for p in self.peers]
+        acc_avg, loss_avg = self.average_model_accuracy()
         return {
             "time": round(time, 9),
             "period": period,
@@ -96,6 +121,8 @@ class MetricsObserver:
             "loss_mean": _round(float(np.mean(losses))),
             "acc_honest_mean": _round(float(honest.mean())),
             "acc_honest_min": _round(float(honest.min())),
+            "acc_avgmodel": _round(acc_avg),
+            "loss_avgmodel": _round(loss_avg),
             "consensus": consensus,
             "consensus_honest": (
                 _round(consensus_distance(honest_flats), 9) if self.attackers else consensus

@@ -68,6 +68,12 @@ def simulate_with_progress(
         return run_world(world, out, progress=on_progress)
 
 
+def last_mean(records: list[Record], key: str, count: int = 5) -> float | None:
+    """Mean of ``key`` over the last ``count`` evaluations (one is noisy at a high lr)."""
+    values = [r[key] for r in records[-count:] if r.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
 def result_table(result: SimResult, central: CentralizedResult | None) -> Table:
     final, summary = result.final, result.summary
     table = Table(title=describe_run(result.config), show_header=True)
@@ -82,6 +88,8 @@ def result_table(result: SimResult, central: CentralizedResult | None) -> Table:
             "peer accuracy p10 / p50 / p90",
             f"{_fmt(final['acc_p10'])} / {_fmt(final['acc_p50'])} / {_fmt(final['acc_p90'])}",
         ),
+        ("peer accuracy mean, last 5 evaluations", last_mean(result.records, "acc_mean")),
+        ("accuracy of the peers' average model", final["acc_avgmodel"]),
     ]
     if central is not None:
         rows.append((f"centralized baseline ({central.epochs} epochs)", central.accuracy))

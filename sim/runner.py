@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import torch
 
 from gossip import seeding
 from gossip.datasets import Dataset, load_dataset
+from gossip.errors import GossipError
 from gossip.learner import Learner, LocalData, resolve_device
 from gossip.models import build_model_for
 from gossip.partition import label_distribution, partition, partition_generator
@@ -68,6 +70,15 @@ class SimResult:
         return self.records[-1]
 
 
+class Diverged(GossipError):
+    """The peers' loss became non-finite: the run stops with one line that says so (and
+    the records so far are still written)."""
+
+    def __init__(self, message: str, records: list[Record]) -> None:
+        super().__init__(message)
+        self.records = records
+
+
 def peer_id(i: int) -> str:
     return f"p{i}"
 
@@ -106,7 +117,9 @@ def build_world(config: SimConfig, dataset: Dataset | None = None) -> World:
     ids = [peer_id(i) for i in range(config.peers)]
     network: SimNetwork | None = None
     peers: list[Peer] = []
-    peer_cfg, learner_cfg = config.peer_config(), config.learner_config()
+    sizes = [len(part) for part in parts]
+    step_samples = float(np.mean([min(config.batch_size, n) for n in sizes if n] or [1]))
+    peer_cfg, learner_cfg = config.peer_config(), config.learner_config(step_samples)
     attackers = choose_attackers(config)
     attack = AttackSpec.parse(config.attack)
     for i in range(config.peers):
@@ -137,8 +150,13 @@ def build_world(config: SimConfig, dataset: Dataset | None = None) -> World:
         if k == 0 or k >= config.peers
         else sorted(rng_eval.choice(config.peers, k, replace=False).tolist())
     )
+    x_test, y_test = data.x_test, data.y_test
+    if 0 < config.eval_samples < len(y_test):
+        # Drawn after the evaluated peers, from the same stream: a fixed subset for the run.
+        rows = np.sort(rng_eval.choice(len(y_test), config.eval_samples, replace=False))
+        x_test, y_test = x_test[torch.as_tensor(rows)], y_test[torch.as_tensor(rows)]
     observer = MetricsObserver(
-        peers, network, data.x_test.to(device), data.y_test.to(device), list(eval_idx),
+        peers, network, x_test.to(device), y_test.to(device), list(eval_idx),
         attackers=attackers,
     )  # fmt: skip
     return World(config, data, parts, graph, peers, network, churn, observer, attackers)
@@ -169,6 +187,13 @@ async def _simulate(world: World, progress: Progress | None) -> list[Record]:
         records.append(record)
         if progress is not None:
             progress(loop.time(), record)
+        if record["loss_mean"] is None or not math.isfinite(record["loss_mean"]):
+            await asyncio.gather(*(p.stop() for p in world.peers))
+            raise Diverged(
+                f"training diverged at period {period}: the peers' test loss is not finite; "
+                f"lower --lr (now {world.config.lr:g}) or use --lr-schedule",
+                records,
+            )
     if ticker is not None:
         ticker.cancel()
     await asyncio.gather(*(p.stop() for p in world.peers))
@@ -222,6 +247,11 @@ def run_world(
     start = time.perf_counter()
     try:
         records = run_virtual(_simulate(world, progress))
+    except Diverged as e:
+        if out_dir is not None:
+            partial = SimResult(config, e.records, summarise(world, e.records, 0.0), world)
+            write_outputs(partial, Path(out_dir))
+        raise
     finally:
         gc.unfreeze()
     wall = time.perf_counter() - start

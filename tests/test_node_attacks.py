@@ -129,7 +129,7 @@ async def test_a_push_of_huge_values_is_refused_and_the_node_keeps_learning(
 async def test_without_screens_a_merge_of_huge_values_is_rolled_back(
     start_node: NodeFactory, age: int
 ) -> None:
-    node = await start_node(model="mlp", screen=0, screen_distance=0)
+    node = await start_node(model="mlp", screen=0, screen_distance=0, train_on="receive")
     await _merged(node, _neighbour(node, 1), sender="alice", age=100)
     before = _fingerprint(node)
     huge = torch.full_like(node.learner.state.flat, HUGE)

@@ -47,7 +47,9 @@ async def _started(config: NodeConfig) -> Node:
 async def lone_node(tmp_path: Path) -> AsyncIterator[Node]:
     """A node whose only peer is down: its model changes only if a pushed model is merged."""
     port, dead = free_ports(2)
-    node = await _started(_config(tmp_path, port, [port, dead], age_guard="refuse"))
+    node = await _started(
+        _config(tmp_path, port, [port, dead], age_guard="refuse", train_on="receive")
+    )
     yield node
     await node.stop()
 
@@ -233,7 +235,14 @@ async def secured_node(tmp_path: Path) -> AsyncIterator[Node]:
     write_key_file(key_file, format_shared_key(KEY) + "\n")
     port, dead = free_ports(2)
     node = await _started(
-        _config(tmp_path, port, [port, dead], auth_key_file=str(key_file), auth_window=30.0)
+        _config(
+            tmp_path,
+            port,
+            [port, dead],
+            auth_key_file=str(key_file),
+            auth_window=30.0,
+            train_on="receive",
+        )
     )
     yield node
     await node.stop()
@@ -282,7 +291,10 @@ async def test_replayed_message_is_refused(secured_node: Node) -> None:
     after_first = secured_node.learner.state.param_hash()
     code, answer = await _post(secured_node, body, headers)
     assert (code, answer["reason"]) == (401, "replay")
-    await asyncio.sleep(0.1)
+    # Refused before the peer saw it: never offered, never queued (no sleep-and-see).
+    c = secured_node.peer.counters
+    assert (c.received, c.accepted, c.rejected["replay"], c.merges) == (2, 1, 1, 1)
+    assert secured_node.peer._inbox is not None and secured_node.peer._inbox.empty()
     assert secured_node.learner.state.param_hash() == after_first
 
 

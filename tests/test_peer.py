@@ -227,7 +227,7 @@ def test_a_float64_model_merges_float32_messages() -> None:
         learner,
         UniformSampler("p0", ["p0"], rng),
         network.transport("p0"),
-        PeerConfig(local_steps=1, screen_distance=0),
+        PeerConfig(local_steps=1, screen_distance=0, train_on="receive"),
         rng,
     )
     learner.state.flat.zero_()
@@ -271,7 +271,9 @@ def test_an_absurd_finite_model_never_kills_the_peer() -> None:
 
 
 def test_without_screens_a_non_finite_result_is_rolled_back() -> None:
-    (peer,), _ = _peers(1, PeerConfig(local_steps=1, screen=0, screen_distance=0))
+    (peer,), _ = _peers(
+        1, PeerConfig(local_steps=1, screen=0, screen_distance=0, train_on="receive")
+    )
     before = peer.published()
     # Finite in float32, but the merged model's logits overflow in the training step.
     huge = ModelMessage("mallory", 10**6, torch.full_like(before.flat, 3e38), 10)
@@ -282,6 +284,28 @@ def test_without_screens_a_non_finite_result_is_rolled_back() -> None:
     # and it keeps learning from honest models afterwards
     assert _deliver(peer, ModelMessage("p1", 5, before.flat + 0.01, 10)) == [None]
     assert peer.counters.merges == 2 and bool(torch.isfinite(peer.learner.state.flat).all())
+
+
+def test_training_on_the_timer_an_absurd_merge_is_rolled_back_at_the_next_step() -> None:
+    """With --train-on timer a merge of finite but absurd values publishes a finite model
+    that only the next training step turns non-finite: that step rolls back to the last
+    model a step produced, not to the absurd one (which would fail every step after)."""
+    (peer,), _ = _peers(1, PeerConfig(local_steps=1, screen=0, screen_distance=0))
+    assert peer.config.train_on == "timer"
+    peer._train_and_publish()  # a timer tick
+    trained = peer.published()
+    huge = ModelMessage("mallory", 10**6, torch.full_like(trained.flat, 3e38), 10)
+    assert _deliver(peer, huge) == [None]
+    assert peer.counters.merges == 1 and peer.counters.rollbacks == 0  # finite: published
+    assert not torch.equal(peer.published().flat, trained.flat)
+    peer._train_and_publish()  # the next tick: overflows, rolled back to the trained model
+    assert peer.counters.rollbacks == 1
+    assert torch.equal(peer.learner.state.flat, trained.flat)
+    assert peer.published().age == trained.age == peer.learner.state.age
+    for _ in range(3):  # not a dead model: every later step is finite and trains
+        peer._train_and_publish()
+    assert peer.counters.rollbacks == 1 and peer.counters.train_steps == 5
+    assert bool(torch.isfinite(peer.learner.state.flat).all())
 
 
 def test_forty_age_lies_do_not_ratchet_a_peer() -> None:

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from gossip.datasets import Dataset, load_dataset
+from gossip.errors import GossipError
 from sim.centralized import train_centralized
 from sim.config import SimConfig
-from sim.runner import SimResult, run_simulation
+from sim.runner import Diverged, SimResult, build_world, run_simulation, run_world
 
 DIGITS = load_dataset("digits")
 SMALL = SimConfig(peers=16, periods=20, eval_every=5, model="logreg", lr=0.5, topology="regular:4")
@@ -202,3 +203,59 @@ def test_gossip_beats_training_alone_on_label_skew() -> None:
         gossip.final["acc_mean"],
         alone.final["acc_mean"],
     )
+
+
+def test_the_average_model_is_evaluated_and_beats_the_mean_peer_early() -> None:
+    result = _run(SMALL.replace(periods=10))
+    f = result.final
+    assert 0 <= f["acc_avgmodel"] <= 1 and f["loss_avgmodel"] > 0
+    # Early on, the peers' models are noisy around their average: the average is better.
+    assert f["acc_avgmodel"] > f["acc_mean"]
+
+
+def test_with_one_peer_the_average_model_is_that_peer() -> None:
+    result = _run(SMALL.replace(peers=2, topology="complete", merge="none", periods=5))
+    # Two peers training alone: the average is not either of them, but with identical
+    # shards' figures bounded by the two; check the one-model identity on a sampled peer.
+    world = result.world
+    world.observer.attackers = frozenset({1})  # only peer 0 counts as honest
+    acc, loss = world.observer.average_model_accuracy()
+    own = world.peers[0].learner.evaluate(world.observer.x_test, world.observer.y_test)
+    assert (acc, loss) == pytest.approx((own.accuracy, own.loss))
+
+
+def test_eval_samples_evaluates_on_a_fixed_subset_of_the_test_split() -> None:
+    config = SMALL.replace(periods=5, eval_samples=50)
+    a, b = _run(config), _run(config)
+    assert len(a.world.observer.y_test) == 50
+    assert a.records == b.records  # the same subset from the seed
+    full = _run(SMALL.replace(periods=5))
+    # Evaluating is observation only: the models are the same, the figures differ.
+    assert a.final["consensus"] == full.final["consensus"]
+    assert a.final["acc_mean"] != full.final["acc_mean"]
+    with pytest.raises(GossipError):
+        SimConfig(eval_samples=-1)
+
+
+def test_a_run_whose_loss_is_not_finite_says_so_in_one_line_and_stops(tmp_path: Path) -> None:
+    # Whatever the cause (peers roll non-finite models back, but a loss can still overflow),
+    # a non-finite test loss ends the run at that evaluation.
+    config = SMALL.replace(periods=20, eval_every=5)
+    world = build_world(config, DIGITS)
+    for p in world.peers:
+        p.learner.state.flat.fill_(float("nan"))
+    with pytest.raises(Diverged) as e:
+        run_world(world, tmp_path / "out")
+    message = str(e.value)
+    assert "\n" not in message and "diverged at period 0" in message and "--lr" in message
+    lines = (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["loss_mean"] is None
+
+
+def test_a_bare_cosine_schedule_ends_at_the_runs_final_age() -> None:
+    config = SMALL.replace(lr_schedule="cosine")
+    # 16 peers share 1,437 digits: 89 or 90 samples each, so a step sees the batch of 32.
+    result = _run(config)
+    schedule = result.world.peers[0].learner.schedule
+    assert schedule.kind == "cosine" and schedule.scale == config.final_age(32) == 32 * 20
+    assert SMALL.replace(train_on="both", mode="push-pull").final_age(10) == 3 * 10 * 20
