@@ -147,6 +147,17 @@ class Learner:
         self._generator = torch.Generator().manual_seed(seed)
         self._order = torch.empty(0, dtype=torch.long)
         self._cursor = 0
+        self._prox: tuple[torch.Tensor, float] | None = None
+
+    def set_proximal_center(self, center: torch.Tensor | None, mu: float = 0.0) -> None:
+        """FedProx (Li et al. 2020): add ``mu/2 ||w - center||^2`` to the local loss, i.e.
+        ``mu (w - center)`` to every gradient, until called with None. SGD only."""
+        if center is None or mu <= 0:
+            self._prox = None
+            return
+        if not isinstance(self.optimizer, FlatSGD):
+            raise ConfigError("the proximal term (--prox-mu) needs --optimizer sgd")
+        self._prox = (center, float(mu))
 
     def _make_optimizer(self) -> torch.optim.Optimizer | FlatSGD:
         c = self.config
@@ -192,11 +203,20 @@ class Learner:
                 self.optimizer.zero_grad()
                 loss = self.loss_fn(self.model(x), y)
                 loss.backward()
+            if self._prox is not None:
+                self._add_proximal_gradient()
             self.optimizer.step()
             total_loss += loss.detach()
             samples += len(y)
         self.state.age += samples
         return TrainStats(steps, samples, float(total_loss) / steps)
+
+    def _add_proximal_gradient(self) -> None:
+        assert self._prox is not None and isinstance(self.optimizer, FlatSGD)
+        center, mu = self._prox
+        pull = self.state.flat - center
+        mask = self.optimizer.trainable_mask
+        self.optimizer.grad.add_(pull if mask is None else pull * mask, alpha=mu)
 
     @property
     def lr(self) -> float:

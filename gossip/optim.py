@@ -47,6 +47,11 @@ class FlatSGD:
         """Drop the momentum buffer (its values may come from a model that was rolled back)."""
         self._momentum_buf = None
 
+    @property
+    def trainable_mask(self) -> torch.Tensor | None:
+        """1 where the flat vector holds a trainable parameter, 0 at buffers (None: all 1)."""
+        return self._decay_mask
+
     def scale_state(self, factor: float) -> None:
         """Scale the momentum buffer (after a merge, see :meth:`Learner.merged`)."""
         if self._momentum_buf is not None:

@@ -16,9 +16,13 @@ if TYPE_CHECKING:  # the CLI imports this module for --help: keep torch out of i
     from sim.network import NetworkConfig
 
 SAMPLERS = ("neighbours", "uniform")
+ALGORITHMS = ("gossip", "fedavg")
 
 # One line of help per field: the CLI flags and the README are generated from it.
 FIELD_HELP: dict[str, str] = {
+    "algorithm": "gossip, or fedavg: the FedAvg baseline (a server and --peers clients) on the same data, model, seeds and network",
+    "clients_per_round": "fedavg: clients drawn per round, one round per period (0 = every online client)",
+    "prox_mu": "fedavg: FedProx's proximal term mu (0 = plain FedAvg)",
     "peers": "number of peers",
     "topology": "graph the peers gossip over (see `gossip-sim topologies`)",
     "sampler": "neighbours: gossip along topology edges; uniform: any peer",
@@ -66,7 +70,8 @@ class SimConfig:
     """Everything that defines a simulation run (and nothing that does not: no paths to
     outputs, no wall clock), so ``config.json`` is enough to rerun it bit for bit.
 
-    peers: number of peers. topology: graph spec (``gossip-sim topologies``).
+    algorithm: ``gossip``, or ``fedavg`` (:mod:`sim.fedavg`, with clients_per_round and
+    prox_mu; local_steps is E). peers: number of peers. topology: graph spec (``gossip-sim topologies``).
     sampler: ``neighbours`` (gossip along the topology's edges) or ``uniform`` (any peer).
     dataset / data_dir / partition: the data and how it is split over peers.
     model / merge / mode / train_on / local_steps / batch_size / lr / optimizer: learning.
@@ -80,6 +85,9 @@ class SimConfig:
     and bit-for-bit reproducible).
     """
 
+    algorithm: str = "gossip"
+    clients_per_round: int = 10
+    prox_mu: float = 0.0
     peers: int = 100
     topology: str = "regular:4"
     sampler: str = "neighbours"
@@ -121,12 +129,22 @@ class SimConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.peers < 2:
-            raise ConfigError(f"a simulation needs at least 2 peers, got {self.peers}")
+        if self.peers < (1 if self.algorithm == "fedavg" else 2):
+            raise ConfigError(
+                f"a simulation needs at least 2 peers (FedAvg: 1 client), got {self.peers}"
+            )
         if self.periods < 1 or self.eval_every < 1:
             raise ConfigError("periods and eval_every must be at least 1")
         if self.eval_peers < 0 or self.eval_samples < 0 or self.threads < 1:
             raise ConfigError("eval_peers and eval_samples must be >= 0 (0 = all) and threads >= 1")
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(
+                f"unknown algorithm {self.algorithm!r}; choose one of: {', '.join(ALGORITHMS)}"
+            )
+        if self.clients_per_round < 0 or not 0 <= self.prox_mu < float("inf"):
+            raise ConfigError("clients_per_round must be >= 0 (0 = all) and prox_mu >= 0")
+        if self.prox_mu > 0 and self.optimizer != "sgd":
+            raise ConfigError("the proximal term (--prox-mu) needs --optimizer sgd")
         if self.sampler not in SAMPLERS:
             raise ConfigError(
                 f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}"

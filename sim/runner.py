@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import numpy as np
@@ -38,6 +38,9 @@ from sim.config import SimConfig
 from sim.network import SimNetwork
 from sim.observer import MetricsObserver
 from sim.topology import build_topology, graph_properties
+
+if TYPE_CHECKING:
+    from sim.fedavg import FedAvgRun
 
 Record = dict[str, Any]
 Progress = Callable[[float, Record | None], None]  # (virtual time, new record or None)
@@ -63,7 +66,7 @@ class SimResult:
     config: SimConfig
     records: list[Record]
     summary: dict[str, Any]
-    world: World = field(repr=False)
+    world: World | FedAvgRun = field(repr=False)
 
     @property
     def final(self) -> Record:
@@ -93,8 +96,13 @@ def choose_attackers(config: SimConfig) -> list[int]:
     return sorted(rng.choice(config.peers, count, replace=False).tolist())
 
 
-def build_world(config: SimConfig, dataset: Dataset | None = None) -> World:
-    """Create the peers of ``config`` (optionally on an already loaded dataset)."""
+def build_world(config: SimConfig, dataset: Dataset | None = None) -> World | FedAvgRun:
+    """Create the peers of ``config`` (optionally on an already loaded dataset); with
+    ``algorithm = fedavg`` the FedAvg server and clients on the same data and network."""
+    if config.algorithm == "fedavg":
+        from sim.fedavg import build_fedavg
+
+        return build_fedavg(config, dataset)
     torch.set_num_threads(config.threads)
     rng_topo, rng_net, rng_churn, rng_eval = (
         generator(config.seed, key)
@@ -200,7 +208,7 @@ async def _simulate(world: World, progress: Progress | None) -> list[Record]:
     return records
 
 
-def summarise(world: World, records: list[Record], wall_s: float) -> dict[str, Any]:
+def summarise(world: World | FedAvgRun, records: list[Record], wall_s: float) -> dict[str, Any]:
     final = records[-1]
     merges = final["merges"]
     dist = label_distribution(world.dataset.y_train.numpy(), world.parts, world.dataset.num_classes)
@@ -235,7 +243,7 @@ def run_simulation(
 
 
 def run_world(
-    world: World, out_dir: str | Path | None = None, progress: Progress | None = None
+    world: World | FedAvgRun, out_dir: str | Path | None = None, progress: Progress | None = None
 ) -> SimResult:
     """Run an already built world (see :func:`build_world`)."""
     config = world.config
@@ -246,7 +254,10 @@ def run_world(
     gc.freeze()
     start = time.perf_counter()
     try:
-        records = run_virtual(_simulate(world, progress))
+        simulation = (
+            _simulate(world, progress) if isinstance(world, World) else world.simulate(progress)
+        )
+        records = run_virtual(simulation)
     except Diverged as e:
         if out_dir is not None:
             partial = SimResult(config, e.records, summarise(world, e.records, 0.0), world)
@@ -278,6 +289,13 @@ def write_outputs(result: SimResult, out: Path) -> None:
 
 
 def describe_run(config: SimConfig) -> str:
+    if config.algorithm == "fedavg":
+        clients = config.clients_per_round or "all"
+        prox = f", FedProx mu={config.prox_mu:g}" if config.prox_mu else ""
+        return (
+            f"FedAvg, {config.peers} clients ({clients} per round, {config.local_steps} local "
+            f"steps{prox}), {config.dataset}/{config.partition}, {config.model}"
+        )
     return (
         f"{config.peers} peers, {config.topology}, {config.dataset}/{config.partition}, "
         f"{config.model}, merge={config.merge}"
