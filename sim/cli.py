@@ -130,13 +130,17 @@ def centralized(
     ctx: typer.Context,
     epochs: Annotated[int, typer.Option(help="passes over the whole training set")] = 30,
     config_file: ConfigOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="also write metrics.jsonl, config.json, summary.json, PNG"),
+    ] = None,
     **config_fields: Any,
 ) -> None:
     """Train the same model on all the data in one place: the reference line."""
     from sim.report import centralized_with_report
 
     try:
-        centralized_with_report(build_config(ctx, config_file, config_fields), epochs)
+        centralized_with_report(build_config(ctx, config_file, config_fields), epochs, out)
     except GossipError as e:
         _fail(e)
 

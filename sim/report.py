@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sim.centralized import CentralizedResult, train_centralized
+from sim.centralized import CentralizedResult, train_centralized, write_centralized
 from sim.config import SimConfig
 from sim.plots import plot_comparison, plot_run
 from sim.runner import Record, SimResult, build_world, describe_run, run_world
@@ -192,9 +192,13 @@ def compare_with_report(
     )
 
 
-def centralized_with_report(config: SimConfig, epochs: int) -> CentralizedResult:
+def centralized_with_report(
+    config: SimConfig, epochs: int, out: Path | None = None
+) -> CentralizedResult:
     start = time.perf_counter()
     result = train_centralized(config, epochs=epochs)
+    if out is not None:
+        write_centralized(result, config, out)
     table = Table(title=f"centralized {config.model} on {config.dataset}")
     table.add_column("epoch", justify="right")
     table.add_column("test accuracy", justify="right")
@@ -205,4 +209,6 @@ def centralized_with_report(config: SimConfig, epochs: int) -> CentralizedResult
     console.print(
         f"final accuracy {result.accuracy:.4f}, loss {result.loss:.4f}, {result.steps} steps, {time.perf_counter() - start:.1f}s"
     )
+    if out is not None:
+        console.print(f"results: {out}/metrics.jsonl, summary.json, accuracy.png", highlight=False)
     return result

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from sim.cli import app
@@ -108,6 +109,42 @@ def test_centralized_command() -> None:
     result = runner.invoke(app, ["centralized", "--model", "logreg", "--epochs", "3"])
     assert result.exit_code == 0, result.output
     assert "final accuracy" in result.output
+
+
+def test_centralized_writes_the_files_a_run_writes(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["centralized", "--model", "logreg", "--epochs", "3", "--lr-schedule", "cosine",
+              "--out", str(tmp_path)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for name in ("metrics.jsonl", "config.json", "summary.json", "accuracy.png"):
+        assert (tmp_path / name).is_file(), name
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
+    assert records[-1]["acc_mean"] > records[0]["acc_mean"]
+    # the bare cosine spans the three epochs: the rate falls to its 1% floor by the end
+    assert records[0]["lr"] == pytest.approx(0.5) and records[-1]["lr"] == pytest.approx(0.005)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["accuracy"] == pytest.approx(records[-1]["acc_mean"])
+
+
+def test_fedavg_runs_from_the_command_line(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["run", *TINY, "--algorithm", "fedavg", "--clients-per-round", "4",
+              "--local-steps", "2", "--no-baseline", "--out", str(tmp_path)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "FedAvg, 8 clients (4 per round, 2 local steps)" in result.output
+    final = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert final["algorithm"] == "fedavg" and final["messages_sent"] == 6 * 4 * 2
+
+
+def test_a_diverging_run_is_one_line(tmp_path: Path) -> None:
+    args = ["run", "--peers", "8", "--periods", "6", "--eval-every", "3", "--topology", "ring"]
+    result = runner.invoke(app, [*args, "--lr", "1e30", "--no-baseline", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith("error: training diverged")
+    assert (tmp_path / "metrics.jsonl").is_file()
 
 
 def test_listing_commands() -> None:
