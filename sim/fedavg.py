@@ -225,6 +225,7 @@ class FedAvgRun:
             "acc_mean": acc, "acc_min": acc, "acc_max": acc,
             "acc_p10": acc, "acc_p50": acc, "acc_p90": acc,
             "loss_mean": loss,
+            "loss_nonfinite": int(loss is None),
             "acc_honest_mean": acc, "acc_honest_min": acc,
             "acc_avgmodel": acc, "loss_avgmodel": loss,
             "consensus": round(consensus_distance([c.learner.state.flat for c in self.clients]), 9),

@@ -46,7 +46,8 @@ def _percentile(values: np.ndarray, q: float) -> float:
 
 
 def _round(x: float, digits: int = 6) -> float | None:
-    return None if math.isnan(x) else round(x, digits)
+    """JSON-safe: a non-finite value is null (json would write NaN / Infinity, not JSON)."""
+    return round(x, digits) if math.isfinite(x) else None
 
 
 class MetricsObserver:
@@ -100,6 +101,7 @@ class MetricsObserver:
             if i not in self.attackers:
                 honest_accs.append(stats.accuracy)
         acc = np.asarray(accs)
+        finite = [x for x in losses if math.isfinite(x)]
         honest = np.asarray(honest_accs) if honest_accs else np.full(1, np.nan)
         consensus = _round(consensus_distance([p.learner.state.flat for p in self.peers]), 9)
         honest_flats = [
@@ -118,7 +120,9 @@ class MetricsObserver:
             "acc_p10": _round(_percentile(acc, 10)),
             "acc_p50": _round(_percentile(acc, 50)),
             "acc_p90": _round(_percentile(acc, 90)),
-            "loss_mean": _round(float(np.mean(losses))),
+            # Over the peers whose loss is finite; how many are not is counted beside it.
+            "loss_mean": _round(float(np.mean(finite))) if finite else None,
+            "loss_nonfinite": len(losses) - len(finite),
             "acc_honest_mean": _round(float(honest.mean())),
             "acc_honest_min": _round(float(honest.min())),
             "acc_avgmodel": _round(acc_avg),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,6 +79,9 @@ class Diverged(GossipError):
     def __init__(self, message: str, records: list[Record]) -> None:
         super().__init__(message)
         self.records = records
+
+    def __reduce__(self) -> tuple[type[Diverged], tuple[str, list[Record]]]:
+        return (Diverged, (str(self), self.records))  # picklable across a process pool
 
 
 def peer_id(i: int) -> str:
@@ -195,11 +197,13 @@ async def _simulate(world: World, progress: Progress | None) -> list[Record]:
         records.append(record)
         if progress is not None:
             progress(loop.time(), record)
-        if record["loss_mean"] is None or not math.isfinite(record["loss_mean"]):
+        # One peer whose logits overflow is counted (loss_nonfinite); half of them: stop.
+        if 2 * record["loss_nonfinite"] >= max(record["peers_evaluated"], 1):
             await asyncio.gather(*(p.stop() for p in world.peers))
             raise Diverged(
-                f"training diverged at period {period}: the peers' test loss is not finite; "
-                f"lower --lr (now {world.config.lr:g}) or use --lr-schedule",
+                f"training diverged at period {period}: {record['loss_nonfinite']} of "
+                f"{record['peers_evaluated']} peers' test loss is not finite; lower --lr "
+                f"(now {world.config.lr:g}) or use --lr-schedule",
                 records,
             )
     if ticker is not None:

@@ -259,3 +259,18 @@ def test_a_bare_cosine_schedule_ends_at_the_runs_final_age() -> None:
     schedule = result.world.peers[0].learner.schedule
     assert schedule.kind == "cosine" and schedule.scale == config.final_age(32) == 32 * 20
     assert SMALL.replace(train_on="both", mode="push-pull").final_age(10) == 3 * 10 * 20
+
+
+def test_one_peer_whose_loss_overflows_is_counted_not_fatal() -> None:
+    world = build_world(SMALL.replace(periods=5), DIGITS)
+    world.peers[3].learner.state.flat.fill_(float("nan"))
+    record = world.observer.record(0.0, 0)
+    assert record["loss_nonfinite"] == 1 and record["loss_mean"] is not None
+    assert json.loads(json.dumps(record, allow_nan=False)) == record  # valid JSON
+
+
+def test_diverged_survives_a_process_pool() -> None:
+    import pickle
+
+    e = pickle.loads(pickle.dumps(Diverged("training diverged at period 3", [{"period": 3}])))
+    assert str(e) == "training diverged at period 3" and e.records == [{"period": 3}]
