@@ -39,6 +39,8 @@ NODE_HELP: dict[str, str] = {
     "period": "seconds between gossip rounds",
     "jitter": "relative jitter of the period, in [0, 1)",
     "local_steps": "SGD steps per training",
+    "order": "training on receipt: merge-train (merge, then train) or train-merge (train, then merge)",
+    "merge_k": "pushed models merged at once (K > 1: they wait for K, or for the timer's step)",
     "train_on": "when to train: timer (once per period, before pushing; what others send cannot speed it up or starve it), receive (after each merged push, the original protocol) or both",
     "batch_size": "samples per local step",
     "lr": "learning rate",
@@ -98,6 +100,8 @@ class NodeConfig:
     jitter: float = 0.1
     local_steps: int = 1
     train_on: str = "timer"
+    order: str = "merge-train"
+    merge_k: int = 1
     batch_size: int = 32
     lr: float = 0.1
     lr_schedule: str = "constant"
@@ -226,7 +230,8 @@ class NodeConfig:
 
         return PeerConfig(
             period=self.period, jitter=self.jitter, mode=self.mode, merge=self.merge,
-            local_steps=self.local_steps, train_on=self.train_on, inbox_size=self.inbox_size,
+            local_steps=self.local_steps, train_on=self.train_on, order=self.order,
+            merge_k=self.merge_k, inbox_size=self.inbox_size,
             age_guard=AgeGuard(self.age_guard),
             screen=self.screen, screen_distance=self.screen_distance, attack=self.attack,
         )  # fmt: skip

@@ -39,6 +39,7 @@ T = TypeVar("T")
 log = logging.getLogger("gossip.peer")
 MODES = ("push", "pull", "push-pull")
 TRAIN_ON = ("receive", "timer", "both")
+ORDERS = ("merge-train", "train-merge")
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,11 @@ class PeerConfig:
     merge: merge rule name. local_steps / local_epochs: training per update (epochs wins
     when set). train_on: ``receive`` (merge then train on every received model, the
     original protocol), ``timer`` (merge on receipt, train once per period before sending)
-    or ``both``. inbox_size: received models waiting to be merged; beyond it, refused as
+    or ``both``. order: for training on receipt, ``merge-train`` (merge, then train: the
+    original protocol) or ``train-merge`` (train, then merge the received model into the
+    result). merge_k: received models merged at once (1: each as it arrives; K > 1: they wait
+    until K have arrived, or until the timer's training step, and are merged in one
+    age-weighted average). inbox_size: received models waiting to be merged; beyond it, refused as
     ``busy`` (HTTP 429 in a real node). train_cost: virtual seconds one training step takes
     in the simulator (real nodes take what they take). age_guard: how implausibly large
     received ages are treated (see :mod:`gossip.age_guard`). screen / screen_distance: the
@@ -67,6 +72,8 @@ class PeerConfig:
     local_steps: int = 1
     local_epochs: float | None = None
     train_on: str = "timer"
+    order: str = "merge-train"
+    merge_k: int = 1
     inbox_size: int = 16
     train_cost: float = 0.0
     age_guard: AgeGuard = field(default_factory=AgeGuard)
@@ -84,6 +91,10 @@ class PeerConfig:
             raise ConfigError(
                 f"unknown gossip mode {self.mode!r}; choose one of: {', '.join(MODES)}"
             )
+        if self.order not in ORDERS:
+            raise ConfigError(f"unknown order {self.order!r}; choose one of: {', '.join(ORDERS)}")
+        if self.merge_k < 1:
+            raise ConfigError(f"merge_k must be at least 1 model, got {self.merge_k}")
         if self.train_on not in TRAIN_ON:
             raise ConfigError(
                 f"unknown train_on {self.train_on!r}; choose one of: {', '.join(TRAIN_ON)}"
@@ -185,6 +196,9 @@ class Peer:
         self.attacker = attacker
         self.counters = PeerCounters()
         self._inbox: asyncio.Queue[tuple[ModelMessage, float]] | None = None
+        # Received models waiting for merge_k - 1 others (and when each arrived).
+        self._pending: list[ModelMessage] = []
+        self._pending_times: list[float] = []
         # Receive-to-merge latencies (loop seconds) of the most recent merges.
         self.merge_latencies: deque[float] = deque(maxlen=4096)
         self._tasks: list[asyncio.Task[None]] = []
@@ -230,6 +244,7 @@ class Peer:
         """Stop gossiping (a crash or a departure): pending inbox messages are lost, the
         model and age are kept (crash-recover resumes from them)."""
         tasks, self._tasks, self._inbox = self._tasks, [], None
+        self._pending, self._pending_times = [], []
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -359,49 +374,87 @@ class Peer:
         if trained and target is not self._good:
             self._publish()
 
-    def _merge_and_train(self, message: ModelMessage, now: float) -> None:
+    def _merge(self, messages: list[ModelMessage], now: float) -> None:
+        """Merge received models into the local one: one at a time, or (``merge_k > 1``)
+        all at once."""
+        if not messages:
+            return
         state = self.learner.state
-        # Received models are decoded to float32 on the CPU; the local model may live on a GPU
-        # or in another precision.
-        incoming = message.flat.to(
-            device=state.flat.device, dtype=state.flat.dtype, non_blocking=True
-        )
-        if self.attacker is not None:
-            self.attacker.observe(message.sender, incoming)
-        if self.merger.merges:
-            # The age guard: the received age may add at most the credit to ours (no ratchet).
-            age = message.age
-            if self.allowance.policy != "off":
-                bound = self.allowance.bound(state.age, now)
-                if age > bound:
-                    age = bound
-                    self.counters.age_capped += 1
-            before = state.age
-            state.age = self.merger.merge_(state.flat, before, incoming, age, message.sender)
-            self.learner.merged(self.merger.last_weight)
-            self.allowance.spend(before, state.age)
-            self.counters.merges += 1
+        incoming: list[tuple[torch.Tensor, int, str]] = []
+        for message in messages:
+            # Received models are decoded to float32 on the CPU; the local model may live on
+            # a GPU or in another precision.
+            flat = message.flat.to(
+                device=state.flat.device, dtype=state.flat.dtype, non_blocking=True
+            )
+            if self.attacker is not None:
+                self.attacker.observe(message.sender, flat)
+            incoming.append((flat, message.age, message.sender))
+        if not self.merger.merges:
+            return
+        before = state.age
+        bounded: list[tuple[torch.Tensor, int, str]] = []
+        # The age guard: received ages may add at most the credit to ours (no ratchet).
+        bound = self.allowance.bound(before, now) if self.allowance.policy != "off" else None
+        for flat, age, sender in incoming:
+            if bound is not None and age > bound:
+                age = bound
+                self.counters.age_capped += 1
+            bounded.append((flat, age, sender))
+        if len(bounded) == 1:
+            flat, age, sender = bounded[0]
+            state.age = self.merger.merge_(state.flat, before, flat, age, sender)
+        else:
+            state.age = self.merger.merge_many_(state.flat, before, bounded)
+        self.learner.merged(self.merger.last_weight)
+        self.allowance.spend(before, state.age)
+        self.counters.merges += len(bounded)
+
+    def _merge_and_train(self, messages: list[ModelMessage], now: float) -> None:
         # With the ``none`` rule the receipt still triggers training, so that peers training
         # alone get exactly as many steps as gossiping ones: a fair baseline.
-        trained = self.config.train_on in ("receive", "both") and self._train()
+        trains = self.config.train_on in ("receive", "both")
+        if trains and self.config.order == "train-merge":
+            # Train first, then merge: the published model is an average, not the result of a
+            # step on the local shard (which a skewed shard pulls away from the others).
+            trained = self._train()
+            self._merge(messages, now)
+        else:
+            self._merge(messages, now)
+            trained = trains and self._train()
         self._commit_or_roll_back(trained)
 
-    def _train_and_publish(self) -> None:
-        if self._train():
-            self._commit_or_roll_back(trained=True)
+    def _train_and_publish(self, now: float) -> None:
+        # Models still waiting for merge_k company are merged before the timer's step.
+        pending, self._pending = self._pending, []
+        self._merge(pending, now)
+        trained = self._train()
+        if trained or pending:
+            self._commit_or_roll_back(trained)
 
     def _train_cost(self) -> float:
         return self.config.train_cost * self.config.local_steps
+
+    def _receive_cost(self) -> float:
+        """Virtual seconds an update on receipt takes: a training step, or nothing."""
+        return self._train_cost() if self.config.train_on in ("receive", "both") else 0.0
 
     async def _inbox_loop(self) -> None:
         inbox = self._inbox
         assert inbox is not None
         loop = asyncio.get_running_loop()
+        k = self.config.merge_k
         while True:
             message, received_at = await inbox.get()
-            work = partial(self._merge_and_train, message, loop.time())
-            await self.compute.run(work, self._train_cost())
-            self.merge_latencies.append(loop.time() - received_at)
+            self._pending.append(message)
+            self._pending_times.append(received_at)
+            if len(self._pending) < k:
+                continue
+            batch, self._pending = self._pending, []
+            times, self._pending_times = self._pending_times, []
+            work = partial(self._merge_and_train, batch, loop.time())
+            await self.compute.run(work, self._receive_cost())
+            self.merge_latencies.extend(loop.time() - t for t in times)
 
     async def _gossip_loop(self) -> None:
         c = self.config
@@ -409,7 +462,12 @@ class Peer:
         while True:
             try:
                 if c.train_on in ("timer", "both"):
-                    await self.compute.run(self._train_and_publish, self._train_cost())
+                    now = asyncio.get_running_loop().time()
+                    times, self._pending_times = self._pending_times, []
+                    await self.compute.run(
+                        partial(self._train_and_publish, now), self._train_cost()
+                    )
+                    self.merge_latencies.extend(now - t for t in times)
                 target = self.sampler.select()
                 if target is not None:
                     await self._exchange(target)

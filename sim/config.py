@@ -39,6 +39,8 @@ FIELD_HELP: dict[str, str] = {
     "attack": "none or KIND:FRACTION of peers gossiping poison: sign-flip, random, huge, age-inflation, alie, ipm",
     "mode": "push, pull or push-pull",
     "train_on": "receive (merge then train), timer (train once per period) or both",
+    "order": "training on receipt: merge-train (merge, then train) or train-merge (train, then merge)",
+    "merge_k": "received models merged at once (K > 1: they wait for K, or for the timer's step)",
     "local_steps": "SGD steps per update",
     "batch_size": "samples per local step",
     "lr": "learning rate (the base of --lr-schedule)",
@@ -104,6 +106,8 @@ class SimConfig:
     attack: str = "none"
     mode: str = "push"
     train_on: str = "timer"
+    order: str = "merge-train"
+    merge_k: int = 1
     local_steps: int = 1
     batch_size: int = 32
     lr: float = 0.5
@@ -176,6 +180,8 @@ class SimConfig:
             merge=self.merge,
             local_steps=self.local_steps,
             train_on=self.train_on,
+            order=self.order,
+            merge_k=self.merge_k,
             train_cost=self.train_cost,
         )
 

@@ -127,6 +127,45 @@ class Merger:
         w_l.lerp_(robust, self.last_weight)
         return max(int(t_l), int(t_r))
 
+    def merge_many_(
+        self, w_l: torch.Tensor, t_l: int, received: list[tuple[torch.Tensor, int, str]]
+    ) -> int:
+        """Merge several received models ``(w, t, sender)`` into ``w_l`` at once; the new age.
+
+        ``age-weighted``: ``w = (t_l w_l + sum t_i w_i) / (t_l + sum t_i)`` (equal weights
+        when every age is 0); ``average``: the plain mean of all; ``replace``: the oldest
+        received model if it is at least as old as ours. The robust rules take them one at
+        a time (each message is clipped or screened on its own). Age: the maximum."""
+        name = self.spec.name
+        if not received:
+            return int(t_l)
+        if name in ROBUST_RULES or name == "none":
+            age = int(t_l)
+            weight_kept = 1.0
+            for w, t, sender in received:
+                age = self.merge_(w_l, age, w, t, sender)
+                weight_kept *= 1.0 - self.last_weight
+            self.last_weight = 1.0 - weight_kept
+            return age
+        ages = [float(t) for _, t, _ in received]
+        top = max(int(t) for _, t, _ in received)
+        if name == "replace":
+            best = max(range(len(received)), key=lambda i: ages[i])
+            self.last_weight = 1.0 if ages[best] >= t_l else 0.0
+            if self.last_weight:
+                w_l.copy_(received[best][0])
+            return max(int(t_l), top)
+        weights = [float(t_l), *ages] if name == "age-weighted" else [1.0] * (1 + len(ages))
+        total = sum(weights)
+        if total <= 0:
+            weights, total = [1.0] * len(weights), float(len(weights))
+        # Accumulate in the model's precision from the local model: one pass per model.
+        w_l.mul_(weights[0] / total)
+        for (w, _, _), a in zip(received, weights[1:], strict=True):
+            w_l.add_(w, alpha=a / total)
+        self.last_weight = 1.0 - weights[0] / total
+        return max(int(t_l), top)
+
     def _clipped_(
         self, w_l: torch.Tensor, t_l: int, w_r: torch.Tensor, t_r: int, sender: str
     ) -> None:
