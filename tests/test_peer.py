@@ -292,18 +292,18 @@ def test_training_on_the_timer_an_absurd_merge_is_rolled_back_at_the_next_step()
     model a step produced, not to the absurd one (which would fail every step after)."""
     (peer,), _ = _peers(1, PeerConfig(local_steps=1, screen=0, screen_distance=0))
     assert peer.config.train_on == "timer"
-    peer._train_and_publish()  # a timer tick
+    peer._train_and_publish(0.0)  # a timer tick
     trained = peer.published()
     huge = ModelMessage("mallory", 10**6, torch.full_like(trained.flat, 3e38), 10)
     assert _deliver(peer, huge) == [None]
     assert peer.counters.merges == 1 and peer.counters.rollbacks == 0  # finite: published
     assert not torch.equal(peer.published().flat, trained.flat)
-    peer._train_and_publish()  # the next tick: overflows, rolled back to the trained model
+    peer._train_and_publish(0.0)  # the next tick: overflows, rolled back to the trained model
     assert peer.counters.rollbacks == 1
     assert torch.equal(peer.learner.state.flat, trained.flat)
     assert peer.published().age == trained.age == peer.learner.state.age
     for _ in range(3):  # not a dead model: every later step is finite and trains
-        peer._train_and_publish()
+        peer._train_and_publish(0.0)
     assert peer.counters.rollbacks == 1 and peer.counters.train_steps == 5
     assert bool(torch.isfinite(peer.learner.state.flat).all())
 
