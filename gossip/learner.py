@@ -60,9 +60,9 @@ class LearnerConfig:
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
         if not 0 <= self.momentum < 1:
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
         if not 0 <= self.weight_decay < float("inf"):
-            raise ConfigError(f"weight decay must be >= 0, got {self.weight_decay}")
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         LRSchedule.parse(self.lr_schedule)
 
 

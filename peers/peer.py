@@ -1,9 +1,10 @@
 """The gossip learning peer: one asyncio program, the same in simulation and in reality.
 
-Every period Δ (with jitter) the peer asks its sampler for a peer and pushes its current
-model through its transport (or pulls, or both). Received models go into a bounded inbox; a
-single worker takes them one at a time, merges (age-weighted by default) and trains on the
-local data. After every change the peer *publishes* an immutable snapshot of its model,
+Every period Δ (with jitter) the peer trains on its local data (``train_on="timer"``, the
+default), asks its sampler for a peer and pushes its current model through its transport
+(or pulls, or both). Received models go into a bounded inbox; a single worker takes them
+one at a time (or ``merge_k`` at once) and merges them (age-weighted by default); with
+``train_on="receive"`` (the original protocol) it also trains after each merge. After every change the peer *publishes* an immutable snapshot of its model,
 which is what it sends and what pull requests get, so sending never copies the model and
 never races with training.
 
@@ -94,7 +95,7 @@ class PeerConfig:
         if self.order not in ORDERS:
             raise ConfigError(f"unknown order {self.order!r}; choose one of: {', '.join(ORDERS)}")
         if self.merge_k < 1:
-            raise ConfigError(f"merge_k must be at least 1 model, got {self.merge_k}")
+            raise ConfigError(f"--merge-k must be at least 1 model, got {self.merge_k}")
         if self.train_on not in TRAIN_ON:
             raise ConfigError(
                 f"unknown train_on {self.train_on!r}; choose one of: {', '.join(TRAIN_ON)}"

@@ -125,6 +125,13 @@ BOUNDARIES: list[tuple[str, object, object]] = [
     ("merge", "average", "sum"),
     ("age_guard", "refuse", "block"),
     ("log_format", "json", "xml"),
+    ("train_on", "receive", "always"),
+    ("order", "train-merge", "sideways"),
+    ("merge_k", 1, 0),
+    ("momentum", 0.99, 1.0),
+    ("weight_decay", 0.0, -1e-9),
+    ("lr_schedule", "cosine:1000", "cosine"),  # a node has no run length to take it from
+    ("lr_schedule", "inverse:1", "inverse:0"),
 ]
 
 

@@ -1,0 +1,199 @@
+"""Learning against its references: gossip vs FedAvg per message, and vs centralized training.
+
+Suites (``--suites``, default all but the slow real-data ones):
+
+``digits-iid``      the default job (100 peers, ``regular:4``, mlp, 200 periods): mean peer
+                    accuracy over the last five evaluations against the centralized line.
+``digits-noniid``   100 peers, ``dirichlet:0.1`` and ``shards:2``: mean peer accuracy (FedAvg:
+                    the global model's) at 5,000, 10,000 and 20,000 model transfers, for
+                    gossip (its defaults and ``--gossip`` variants), peers training alone, and
+                    FedAvg with 10% and 100% participation (``--local-steps 5``), on the same
+                    data, model, seeds and simulated network.
+``fashion``         Fashion-MNIST, cnn, 50 peers (slow: ``--suites fashion``).
+``mnist1d``         MNIST-1D, cnn, 100 peers (slow).
+
+Every figure is the mean over ``--seeds``; cells run on a process pool (``--workers``).
+Writes ``learning.csv`` (one row per run) and ``learning.md`` (the tables) to ``--out``.
+
+    python benchmarks/bench_learning.py --suites digits-iid digits-noniid
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+BUDGETS = (5000, 10000, 20000)
+NONIID = ("dirichlet:0.1", "shards:2")
+
+
+def at_budget(records: list[dict[str, Any]], budget: int, key: str = "acc_mean") -> float | None:
+    """``key`` at the last evaluation that had sent at most ``budget`` models."""
+    kept = [r for r in records if r["messages_sent"] <= budget and r.get(key) is not None]
+    return kept[-1][key] if kept else None
+
+
+def cell(name: str, kind: str, fields: dict[str, Any], seed: int) -> dict[str, Any]:
+    """One run: a simulation (gossip or FedAvg) or centralized training."""
+    import torch
+
+    from sim.centralized import train_centralized
+    from sim.config import SimConfig
+    from sim.runner import run_simulation
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    row: dict[str, Any] = {"suite": name, "kind": kind, "seed": seed, "fields": json.dumps(fields)}
+    epochs = fields.pop("epochs", None)
+    config = SimConfig(seed=seed, **fields)
+    if epochs is not None:
+        result = train_centralized(config, epochs=epochs)
+        row.update(acc=result.accuracy, steps=result.steps)
+    else:
+        sim = run_simulation(config)
+        records = sim.records
+        last5 = [r["acc_mean"] for r in records[-5:]]
+        row.update(
+            acc=records[-1]["acc_mean"],
+            acc_last5=sum(last5) / len(last5),
+            acc_avgmodel=records[-1]["acc_avgmodel"],
+            messages=records[-1]["messages_sent"],
+            train_steps=records[-1]["train_steps"],
+        )
+        for b in BUDGETS:
+            row[f"acc@{b}"] = at_budget(records, b)
+            row[f"avg@{b}"] = at_budget(records, b, "acc_avgmodel")
+    row["wall_s"] = round(time.perf_counter() - start, 1)
+    return row
+
+
+def jobs(
+    suites: list[str], gossip_variants: list[dict[str, Any]]
+) -> list[tuple[str, str, dict[str, Any]]]:
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    if "digits-iid" in suites:
+        out.append(("digits-iid", "gossip (defaults)", {}))
+        for v in gossip_variants:
+            out.append(("digits-iid", f"gossip {json.dumps(v)}", dict(v)))
+        out.append(("digits-iid", "centralized (30 epochs)", {"epochs": 30}))
+    if "digits-noniid" in suites:
+        for part in NONIID:
+            name = f"digits {part}"
+            base = {"partition": part, "periods": 200, "eval_every": 5}
+            out.append((name, "gossip (defaults)", dict(base)))
+            for v in gossip_variants:
+                out.append((name, f"gossip {json.dumps(v)}", {**base, **v}))
+            out.append((name, "peers training alone", {**base, "merge": "none"}))
+            fed = {"partition": part, "algorithm": "fedavg", "local_steps": 5}
+            out.append(
+                (
+                    name,
+                    "FedAvg 10% (E=5)",
+                    {**fed, "clients_per_round": 10, "periods": 1000, "eval_every": 25},
+                )
+            )
+            out.append(
+                (
+                    name,
+                    "FedAvg 100% (E=5)",
+                    {**fed, "clients_per_round": 0, "periods": 100, "eval_every": 2},
+                )
+            )
+    if "fashion" in suites:
+        base = {
+            "dataset": "fashion-mnist",
+            "model": "cnn",
+            "peers": 50,
+            "eval_peers": 10,
+            "eval_samples": 2000,
+            "lr": 0.05,
+            "periods": 300,
+            "eval_every": 30,
+        }
+        out.append(("fashion-mnist cnn", "gossip", base))
+        out.append(
+            (
+                "fashion-mnist cnn",
+                "centralized (same steps)",
+                {**{k: base[k] for k in ("dataset", "model", "lr")}, "epochs": 8},
+            )
+        )
+    if "mnist1d" in suites:
+        base = {"dataset": "mnist1d", "model": "cnn", "peers": 100, "periods": 200, "lr": 0.1}
+        out.append(("mnist1d cnn", "gossip", base))
+        out.append(
+            (
+                "mnist1d cnn",
+                "centralized (30 epochs)",
+                {"dataset": "mnist1d", "model": "cnn", "lr": 0.1, "epochs": 30},
+            )
+        )
+    return out  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suites", nargs="+", default=["digits-iid", "digits-noniid"])
+    parser.add_argument(
+        "--gossip", action="append", default=[], metavar="JSON",
+        help='a gossip variant to add, e.g. \'{"local_steps": 3, "lr": 0.3}\' (repeatable)',
+    )  # fmt: skip
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-learning"))
+    args = parser.parse_args()
+    variants = [json.loads(v) for v in args.gossip]
+    todo = [(s, k, f, seed) for s, k, f in jobs(args.suites, variants) for seed in args.seeds]
+    console = Console(stderr=True)
+    rows: list[dict[str, Any]] = []
+    with ProcessPoolExecutor(args.workers) as pool:
+        futures = [pool.submit(cell, s, k, dict(f), seed) for s, k, f, seed in todo]
+        for i, future in enumerate(futures, 1):
+            row = future.result()
+            rows.append(row)
+            console.print(f"[{i}/{len(futures)}] {row['suite']:22s} {row['kind']:34s} seed "
+                          f"{row['seed']} acc {row['acc']:.4f} ({row['wall_s']} s)")  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in rows[0], k))
+    with (args.out / "learning.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(r["suite"], r["kind"])].append(r)
+
+    def mean(rs: list[dict[str, Any]], key: str) -> str:
+        values = [r[key] for r in rs if r.get(key) is not None]
+        return f"{sum(values) / len(values):.3f}" if values else "-"
+
+    columns = ["final", "last 5", "average model", *(f"@{b:,}" for b in BUDGETS)]
+    lines = [f"# Learning against its references (seeds {' '.join(map(str, args.seeds))})", ""]
+    table = Table(title="mean accuracy over seeds")
+    for c in ("suite", "run", *columns):
+        table.add_column(c, justify="right")
+    lines += ["| suite | run | " + " | ".join(columns) + " |",
+              "|---|---|" + "---|" * len(columns)]  # fmt: skip
+    for (suite, kind), rs in groups.items():
+        cells = [mean(rs, "acc"), mean(rs, "acc_last5"), mean(rs, "acc_avgmodel"),
+                 *(mean(rs, f"acc@{b}") for b in BUDGETS)]  # fmt: skip
+        table.add_row(suite, kind, *cells)
+        lines.append(f"| {suite} | {kind} | " + " | ".join(cells) + " |")
+    Console().print(table)
+    (args.out / "learning.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out / 'learning.csv'} and {args.out / 'learning.md'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
