@@ -1,7 +1,7 @@
 """Byzantine robustness: every merge rule against every attack, next to the clean run.
 
 Each cell is the mean over ``--seeds`` (default 0 1 2) of one simulation each (by default the
-README's default job: 100 peers, ``regular:4``, ``digits`` IID, ``mlp``, 200 periods) with a
+README's default job: 100 peers, ``regular:4``, ``digits`` IID, ``mlp``, its periods) with a
 fraction of the peers gossiping poison (``--attack KIND:FRACTION``); the figure is the mean
 accuracy of the *honest* peers at the end (``acc_honest_mean``), with their minimum and
 consensus distance per seed in the CSV. The clean column is the same runs without attackers
@@ -60,9 +60,12 @@ def main() -> None:
     parser.add_argument("--rules", nargs="+", default=list(RULES))
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS))
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.2])
-    parser.add_argument("--peers", type=int, default=100)
-    parser.add_argument("--periods", type=int, default=200)
-    parser.add_argument("--topology", default="regular:4")
+    from sim.config import SimConfig
+
+    default = SimConfig()
+    parser.add_argument("--peers", type=int, default=default.peers)
+    parser.add_argument("--periods", type=int, default=default.periods)
+    parser.add_argument("--topology", default=default.topology)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-attacks"))

@@ -64,9 +64,13 @@ def test_each_rule_with_the_screens_keeps_honest_peers_learning(
 def test_one_age_liar_cannot_inflate_the_network() -> None:
     """The reported attack: one liar at age 2**52 spread inflation to every peer."""
     config = SimConfig(**BASE, attack="age-inflation:0.04")  # one of 30 peers
-    final = run_simulation(config).final
+    result = run_simulation(config)
+    final = result.final
     honest = run_simulation(SimConfig(**BASE)).final
-    per_update = 32  # the batch size: an update trains at most 32 samples
-    bound = honest["age_max"] + BURST_UPDATES * per_update + RATE_FACTOR * per_update * 40 * 2
+    # What the guard lets merges add over the run: its burst, then its rate (per peer, from
+    # that peer's own training rate), along a chain of peers at most twice as long as the run.
+    allowance = result.world.peers[0].allowance
+    assert allowance.burst == BURST_UPDATES * allowance.rate / RATE_FACTOR / 3  # 3 updates/period
+    bound = honest["age_max"] + allowance.burst + allowance.rate * config.duration * 2
     assert final["age_max"] < bound < 2**40
     assert final["acc_honest_mean"] > honest["acc_honest_mean"] - 0.05

@@ -53,6 +53,7 @@ SIM = SimConfig(
     lr=LR,
     batch_size=BATCH_SIZE,
     local_steps=LOCAL_STEPS,
+    mode="push",  # both sides explicit: the simulator's default job uses push-pull
 )
 
 

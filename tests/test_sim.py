@@ -18,7 +18,11 @@ from sim.config import SimConfig
 from sim.runner import Diverged, SimResult, build_world, run_simulation, run_world
 
 DIGITS = load_dataset("digits")
-SMALL = SimConfig(peers=16, periods=20, eval_every=5, model="logreg", lr=0.5, topology="regular:4")
+# The classic protocol (push, one local step), so that the network's effects are plain to see.
+SMALL = SimConfig(
+    peers=16, periods=20, eval_every=5, model="logreg", lr=0.5, topology="regular:4",
+    mode="push", local_steps=1,
+)  # fmt: skip
 
 
 def _run(config: SimConfig, out: Path | None = None, dataset: Dataset = DIGITS) -> SimResult:
@@ -137,7 +141,8 @@ def test_real_fp32_codec_changes_nothing_but_bytes() -> None:
     assert [p.learner.state.param_hash() for p in off.world.peers] == [
         p.learner.state.param_hash() for p in fp32.world.peers
     ]
-    assert fp32.final["bytes_sent"] > 0 and fp32.final["messages_rejected"] == 0
+    assert fp32.final["bytes_sent"] > 0
+    assert fp32.final["rejected_by_reason"] == off.final["rejected_by_reason"]
 
 
 def test_int8_codec_sends_about_a_quarter_of_the_bytes() -> None:
@@ -258,7 +263,9 @@ def test_a_bare_cosine_schedule_ends_at_the_runs_final_age() -> None:
     result = _run(config)
     schedule = result.world.peers[0].learner.schedule
     assert schedule.kind == "cosine" and schedule.scale == config.final_age(32) == 32 * 20
-    assert SMALL.replace(train_on="both", mode="push-pull").final_age(10) == 3 * 10 * 20
+    # push-pull receives twice per period; both trains on each receipt and on the timer.
+    both = SMALL.replace(train_on="both", mode="push-pull", local_steps=2)
+    assert both.final_age(10) == 3 * 2 * 10 * 20
 
 
 def test_one_peer_whose_loss_overflows_is_counted_not_fatal() -> None:

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sim.cli import app
+from sim.config import SimConfig
 
 runner = CliRunner()
 TINY = [
@@ -123,7 +124,8 @@ def test_centralized_writes_the_files_a_run_writes(tmp_path: Path) -> None:
     assert [r["epoch"] for r in records] == [0, 1, 2, 3]
     assert records[-1]["acc_mean"] > records[0]["acc_mean"]
     # the bare cosine spans the three epochs: the rate falls to its 1% floor by the end
-    assert records[0]["lr"] == pytest.approx(0.5) and records[-1]["lr"] == pytest.approx(0.005)
+    lr = SimConfig().lr
+    assert records[0]["lr"] == pytest.approx(lr) and records[-1]["lr"] == pytest.approx(lr / 100)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["epochs"] == 3 and summary["accuracy"] == pytest.approx(records[-1]["acc_mean"])
 
@@ -140,7 +142,8 @@ def test_fedavg_runs_from_the_command_line(tmp_path: Path) -> None:
 
 
 def test_a_diverging_run_is_one_line(tmp_path: Path) -> None:
-    args = ["run", "--peers", "8", "--periods", "6", "--eval-every", "3", "--topology", "ring"]
+    args = ["run", "--peers", "8", "--periods", "6", "--eval-every", "3", "--topology", "ring",
+            "--mode", "push", "--local-steps", "1"]  # fmt: skip
     result = runner.invoke(app, [*args, "--lr", "1e30", "--no-baseline", "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1].startswith("error: training diverged")
