@@ -36,6 +36,9 @@ def plot_run(
     ax.fill_between(t, lo, hi, alpha=0.15, label="min–max")
     ax.fill_between(t, p10, p90, alpha=0.3, label="p10–p90")
     ax.plot(t, mean, lw=2, label="mean")
+    t_avg, avg = _xy(records, "acc_avgmodel")
+    if avg and avg != mean:  # (FedAvg and centralized: the same line)
+        ax.plot(t_avg, avg, lw=1.5, ls=":", color="C2", label="average model")
     if baseline is not None:
         ax.axhline(baseline, ls="--", color="k", lw=1, label="centralized")
     ax.set(xlabel="virtual time (s)", ylabel="test accuracy of peers", title=title, ylim=(0, 1))
