@@ -193,7 +193,9 @@ async def test_bad_input_is_refused_and_changes_nothing(lone_node: Node, case: s
     assert (code, body) == (status, {"accepted": False, "reason": reason})
     c = lone_node.peer.counters
     assert c.rejected[reason] == 1 and c.received == c.accepted + sum(c.rejected.values()) == 1
-    await asyncio.sleep(0.1)  # give a (wrongly) queued message the chance to be merged
+    # A refused message is never queued: nothing waits to be merged (no sleep-and-see).
+    assert lone_node.peer._inbox is not None and lone_node.peer._inbox.empty()
+    assert not lone_node.peer._pending and len(lone_node.peer.merge_latencies) == 0
     assert (lone_node.learner.state.param_hash(), lone_node.learner.state.age) == before
     assert lone_node.peer.counters.merges == 0
 
