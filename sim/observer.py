@@ -61,8 +61,11 @@ class MetricsObserver:
         y_test: torch.Tensor,
         eval_indices: Sequence[int],
         attackers: Sequence[int] = (),
+        local_tests: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> None:
         self.peers = list(peers)
+        # Per evaluated peer, the test samples of its own groups (natural partitions).
+        self.local_tests = local_tests or {}
         self.attackers = frozenset(attackers)
         self.network = network
         self.x_test = x_test
@@ -100,6 +103,11 @@ class MetricsObserver:
             losses.append(stats.loss)
             if i not in self.attackers:
                 honest_accs.append(stats.accuracy)
+        local = [
+            evaluate_model(self.peers[i].learner.model, x, y, self.peers[i].learner.device).accuracy
+            for i, (x, y) in self.local_tests.items()
+            if i not in self.attackers and len(y)
+        ]
         acc = np.asarray(accs)
         finite = [x for x in losses if math.isfinite(x)]
         honest = np.asarray(honest_accs) if honest_accs else np.full(1, np.nan)
@@ -126,6 +134,9 @@ class MetricsObserver:
             "acc_honest_mean": _round(float(honest.mean())),
             "acc_honest_min": _round(float(honest.min())),
             "acc_avgmodel": _round(acc_avg),
+            # Each peer on the test samples of its own groups (LEAF's per-user accuracy).
+            "acc_local_mean": _round(float(np.mean(local))) if local else None,
+            "acc_local_min": _round(float(np.min(local))) if local else None,
             "loss_avgmodel": _round(loss_avg),
             "consensus": consensus,
             "consensus_honest": (

@@ -12,7 +12,7 @@ import asyncio
 import gc
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -168,8 +168,26 @@ def build_world(config: SimConfig, dataset: Dataset | None = None) -> World | Fe
     observer = MetricsObserver(
         peers, network, x_test.to(device), y_test.to(device), list(eval_idx),
         attackers=attackers,
+        local_tests=local_tests(data, parts, eval_idx, device)
+        if config.partition == "natural" else None,
     )  # fmt: skip
     return World(config, data, parts, graph, peers, network, churn, observer, attackers)
+
+
+def local_tests(
+    data: Dataset, parts: list[np.ndarray], peers: Sequence[int], device: torch.device
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per peer, the test samples of the groups its training data comes from (datasets with
+    ``groups_test``, e.g. shakespeare's roles, under the ``natural`` partition): empty for
+    datasets without test groups."""
+    if data.groups_test is None or data.groups_train is None:
+        return {}
+    out = {}
+    for i in peers:
+        own = np.unique(data.groups_train[parts[i]])
+        rows = torch.as_tensor(np.flatnonzero(np.isin(data.groups_test, own)))
+        out[i] = (data.x_test[rows].to(device), data.y_test[rows].to(device))
+    return out
 
 
 def evaluation_times(config: SimConfig) -> list[tuple[float, int]]:

@@ -199,6 +199,9 @@ def test_load_directory_groups_windows_and_temporal_split(tmp_path: Path) -> Non
         n_test = round(n_windows * 0.2)
         total_test += n_test
         assert rows.size == n_windows - n_test
+        # Each role's own test windows are marked too (per-peer accuracy, as LEAF reports it).
+        assert data.groups_test is not None
+        assert np.count_nonzero(data.groups_test == group) == n_test
         first = rows[0]
         assert decode(data.x_train[first]) == text[:SEQ_LEN]
         assert decode(data.y_train[first : first + 1]) == text[SEQ_LEN]

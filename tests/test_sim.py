@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gossip.datasets import Dataset, load_dataset
@@ -281,3 +282,50 @@ def test_diverged_survives_a_process_pool() -> None:
 
     e = pickle.loads(pickle.dumps(Diverged("training diverged at period 3", [{"period": 3}])))
     assert str(e) == "training diverged at period 3" and e.records == [{"period": 3}]
+
+
+def _grouped_npz(tmp_path: Path) -> Path:
+    """8 groups whose labels follow opposite rules: group g labels x by sign(x0) flipped for
+    odd g. A peer holding one group can be right on its own test samples and wrong on half of
+    everybody's."""
+    rng = np.random.default_rng(0)
+
+    def split(n_per: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x = rng.normal(size=(8 * n_per, 4)).astype(np.float32)
+        g = np.repeat(np.arange(8), n_per)
+        y = ((x[:, 0] > 0) ^ (g % 2 == 1)).astype(np.int64)
+        return x, y, g
+
+    x, y, g = split(40)
+    xt, yt, gt = split(10)
+    path = tmp_path / "grouped.npz"
+    np.savez(path, x=x, y=y, groups=g, x_test=xt, y_test=yt, groups_test=gt)
+    return path
+
+
+def test_natural_partitions_report_each_peers_accuracy_on_its_own_groups(tmp_path: Path) -> None:
+    path = _grouped_npz(tmp_path)
+    config = SimConfig(
+        dataset=f"npz:{path}", partition="natural", peers=8, topology="ring", model="logreg",
+        merge="none", periods=30, eval_every=10, lr=0.5, mode="push", local_steps=1,
+    )  # fmt: skip
+    result = run_simulation(config)
+    f = result.final
+    # Alone on one group each, peers learn their own rule: right locally, at chance globally.
+    assert f["acc_local_mean"] > 0.85 and f["acc_local_min"] > 0.6
+    assert f["acc_mean"] < 0.65
+    observer = result.world.observer
+    assert sorted(observer.local_tests) == list(range(8))
+    assert all(len(y) == 10 for _, y in observer.local_tests.values())
+    # Without groups in the test split, or for other partitions, there is nothing to report.
+    iid = run_simulation(config.replace(partition="iid", periods=5)).final
+    assert iid["acc_local_mean"] is None
+
+
+def test_groups_test_must_match_the_test_split(tmp_path: Path) -> None:
+    path = _grouped_npz(tmp_path)
+    arrays = dict(np.load(path))
+    arrays["groups_test"] = arrays["groups_test"][:-1]
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(GossipError, match="groups_test"):
+        load_dataset(f"npz:{tmp_path / 'bad.npz'}")

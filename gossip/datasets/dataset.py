@@ -38,6 +38,8 @@ class Dataset:
     num_classes: int
     input_shape: tuple[int, ...]
     groups_train: np.ndarray | None = None
+    # The owner of each test sample (LEAF-style per-user test data), for local accuracy.
+    groups_test: np.ndarray | None = None
     group_names: tuple[str, ...] = ()
     vocab_size: int | None = None
 
@@ -61,6 +63,12 @@ class Dataset:
             raise ValueError(f"{self.name}: train and test inputs have different dtypes")
         if self.groups_train is not None and self.groups_train.shape != (self.x_train.shape[0],):
             raise ValueError(f"{self.name}: groups_train must have one entry per training sample")
+        if self.groups_test is not None and (
+            self.groups_train is None or self.groups_test.shape != (self.x_test.shape[0],)
+        ):
+            raise ValueError(
+                f"{self.name}: groups_test needs groups_train and one entry per test sample"
+            )
 
     @property
     def num_train(self) -> int:

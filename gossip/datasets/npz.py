@@ -3,7 +3,8 @@
 Arrays: ``x`` (or ``X``) with one sample per row, ``y`` integer labels ``(N,)``; optional
 ``x_test``/``y_test`` (else a stratified 80/20 split drawn from ``--seed``) and optional
 ``groups`` (one integer per sample of ``x``, for the ``natural`` partition; without a test set
-it is split along with the samples). Integer ``x`` is kept as int64 token ids (``vocab_size``
+it is split along with the samples, with one the test set may have its own ``groups_test``, so
+that each peer is also evaluated on the test samples of its own groups). Integer ``x`` is kept as int64 token ids (``vocab_size``
 is their largest value plus one), floating ``x`` becomes float32. ``num_classes`` is the largest
 label plus one. The file is read with ``allow_pickle=False``.
 """
@@ -91,12 +92,25 @@ def load_npz(param: str | None, root: Path | None, download: bool, seed: int) ->
                 f"'{x_key}' samples are {x.dtype} {tuple(x.shape[1:])}"
             )
         x_train, y_train = x, y
+        groups_test = arrays.get("groups_test")
+        if groups_test is not None:
+            if (
+                groups is None
+                or not np.issubdtype(groups_test.dtype, np.integer)
+                or (groups_test.shape != (x_test.shape[0],))
+            ):
+                raise GossipError(
+                    f"{path}: 'groups_test' needs 'groups' and must be integers of shape "
+                    f"({x_test.shape[0]},)"
+                )
+            groups_test = groups_test.astype(np.int64)
     else:
         if x.shape[0] < 2:
             raise GossipError(f"{path}: needs at least 2 samples to split off a test set")
         train, test = stratified_split(y, TEST_FRACTION, np.random.default_rng(seed))
         x_train, x_test = x[torch.from_numpy(train)], x[torch.from_numpy(test)]
         y_train, y_test = y[train], y[test]
+        groups_test = None if groups is None else groups[test]
         groups = None if groups is None else groups[train]
     if x_train.shape[0] == 0:
         raise GossipError(f"{path}: the training set is empty")
@@ -113,5 +127,6 @@ def load_npz(param: str | None, root: Path | None, download: bool, seed: int) ->
         num_classes=num_classes,
         input_shape=tuple(x_train.shape[1:]),
         groups_train=groups,
+        groups_test=groups_test,
         vocab_size=vocab_size,
     )

@@ -178,6 +178,7 @@ def load_shakespeare_dir(
     x_test: list[np.ndarray] = []
     y_test: list[np.ndarray] = []
     groups: list[np.ndarray] = []
+    groups_test: list[np.ndarray] = []
     for group, role in enumerate(roles):
         x, y = role_windows(role.text, max_windows)
         n_test = max(1, round(len(y) * TEST_FRACTION))
@@ -187,6 +188,7 @@ def load_shakespeare_dir(
         x_test.append(x[n_train:])
         y_test.append(y[n_train:])
         groups.append(np.full(n_train, group, dtype=np.int64))
+        groups_test.append(np.full(n_test, group, dtype=np.int64))
     return Dataset(
         name="shakespeare",
         x_train=torch.from_numpy(np.concatenate(x_train)),
@@ -196,6 +198,7 @@ def load_shakespeare_dir(
         num_classes=VOCAB_SIZE,
         input_shape=(SEQ_LEN,),
         groups_train=np.concatenate(groups),
+        groups_test=np.concatenate(groups_test),
         group_names=tuple(f"{r.play}/{r.role}" for r in roles),
         vocab_size=VOCAB_SIZE,
     )
