@@ -50,7 +50,7 @@ from peers.transport import ModelMessage, ModelSnapshot
 from sim.churn import ChurnController, parse_churn
 from sim.config import SimConfig
 from sim.network import SimNetwork
-from sim.observer import consensus_distance
+from sim.observer import consensus_distance, network_record
 
 SERVER = "server"
 Record = dict[str, Any]
@@ -230,14 +230,7 @@ class FedAvgRun:
             "acc_avgmodel": acc, "loss_avgmodel": loss,
             "consensus": round(consensus_distance([c.learner.state.flat for c in self.clients]), 9),
             "age_mean": float(ages.mean()), "age_min": int(ages.min()), "age_max": int(ages.max()),
-            "messages_sent": s.sent,
-            "messages_delivered": s.delivered,
-            "messages_dropped": sum(s.dropped.values()),
-            "messages_rejected": sum(s.rejected.values()),
-            "messages_in_flight": s.in_flight,
-            "dropped_by_reason": dict(sorted(s.dropped.items())),
-            "rejected_by_reason": dict(sorted(s.rejected.items())),
-            "bytes_sent": s.bytes_sent,
+            **network_record(s),
             "merges": self.server.aggregated,
             "age_capped": 0,
             "rollbacks": 0,

@@ -18,7 +18,7 @@ import torch
 from gossip.learner import evaluate_model
 from gossip.state import ModelState
 from peers.peer import Peer
-from sim.network import SimNetwork
+from sim.network import NetworkStats, SimNetwork
 
 
 def consensus_distance(flats: Sequence[torch.Tensor]) -> float:
@@ -39,6 +39,20 @@ def consensus_distance(flats: Sequence[torch.Tensor]) -> float:
         torch.sub(f, mean, out=diff)
         sq += float(torch.dot(diff, diff))
     return sq / len(flats)
+
+
+def network_record(s: NetworkStats) -> dict[str, Any]:
+    """The message accounting of a record (gossip and FedAvg count alike)."""
+    return {
+        "messages_sent": s.sent,
+        "messages_delivered": s.delivered,
+        "messages_dropped": sum(s.dropped.values()),
+        "messages_rejected": sum(s.rejected.values()),
+        "messages_in_flight": s.in_flight,
+        "dropped_by_reason": dict(sorted(s.dropped.items())),
+        "rejected_by_reason": dict(sorted(s.rejected.items())),
+        "bytes_sent": s.bytes_sent,
+    }
 
 
 def _percentile(values: np.ndarray, q: float) -> float:
@@ -145,14 +159,7 @@ class MetricsObserver:
             "age_mean": _round(float(ages.mean()), 3),
             "age_min": int(ages.min()),
             "age_max": int(ages.max()),
-            "messages_sent": s.sent,
-            "messages_delivered": s.delivered,
-            "messages_dropped": sum(s.dropped.values()),
-            "messages_rejected": sum(s.rejected.values()),
-            "messages_in_flight": s.in_flight,
-            "dropped_by_reason": dict(sorted(s.dropped.items())),
-            "rejected_by_reason": dict(sorted(s.rejected.items())),
-            "bytes_sent": s.bytes_sent,
+            **network_record(s),
             "merges": sum(c.merges for c in counters),
             "age_capped": sum(c.age_capped for c in counters),
             "rollbacks": sum(c.rollbacks for c in counters),
