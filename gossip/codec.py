@@ -163,6 +163,12 @@ def encode(flat: torch.Tensor, schema: ModelSchema, meta: MessageMeta) -> bytes:
         raise ValueError(f"unknown codec {meta.codec!r}; choose one of {', '.join(CODECS)}")
     if meta.schema_hash != schema.hash:
         raise ValueError("message metadata names a different schema than the one encoded")
+    if flat.dim() != 1 or flat.numel() != schema.numel:
+        # Without this the writer produced a message its own decoder refuses (bad_layout).
+        raise ValueError(
+            f"encode needs a flat vector of {schema.numel} values for this schema, "
+            f"got shape {tuple(flat.shape)}"
+        )
     flat = flat.detach().to("cpu", torch.float32).contiguous()
     parts: list[bytes] = []
     entries: dict[str, object] = {
