@@ -6,7 +6,8 @@ fraction of the peers gossiping poison (``--attack KIND:FRACTION``); the figure 
 accuracy of the *honest* peers at the end (``acc_honest_mean``), with their minimum and
 consensus distance per seed in the CSV. The clean column is the same runs without attackers
 (a single run's final accuracy moves by a point or two with the seed: lr 0.5 is noisy). Cells run on a process pool (``--workers``, default the
-number of cores). Writes ``attacks.csv`` and ``attacks.md`` to ``--out``.
+number of cores); each finished cell is appended to ``cells.jsonl`` in ``--out`` and a rerun
+skips the cells already there. Writes ``attacks.csv`` and ``attacks.md`` to ``--out``.
 
     python benchmarks/bench_attacks.py
     python benchmarks/bench_attacks.py --rules clipped median --attacks alie ipm --fractions 0.2
@@ -16,10 +17,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -77,16 +79,31 @@ def main() -> None:
     columns = ["none"] + [f"{a}:{f:g}" for f in args.fractions for a in args.attacks]
     jobs = [(r, a, seed) for r in args.rules for a in columns for seed in args.seeds]
     console = Console(stderr=True)
-    rows: list[dict[str, Any]] = []
-    with ProcessPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(cell, r, a, seed, settings) for r, a, seed in jobs]
-        for i, future in enumerate(futures, 1):
-            rows.append(future.result())
-            r = rows[-1]
+    # Resumable: every finished cell is appended to cells.jsonl at once, and cells already
+    # there (same settings) are not run again, so a long grid survives an interruption.
+    args.out.mkdir(parents=True, exist_ok=True)
+    done_file = args.out / "cells.jsonl"
+    key = json.dumps(settings, sort_keys=True)
+    done: dict[tuple[str, str, int], dict[str, Any]] = {}
+    if done_file.exists():
+        for line in done_file.read_text().splitlines():
+            row = json.loads(line)
+            if row.pop("settings", None) == key:
+                done[(row["rule"], row["attack"], row["seed"])] = row
+    todo = [job for job in jobs if job not in done]
+    console.print(f"{len(jobs) - len(todo)} of {len(jobs)} cells already in {done_file}")
+    with ProcessPoolExecutor(args.workers) as pool, done_file.open("a") as log:
+        futures = {pool.submit(cell, r, a, seed, settings): (r, a, seed) for r, a, seed in todo}
+        for i, future in enumerate(as_completed(futures), 1):
+            r = future.result()
+            done[futures[future]] = r
+            log.write(json.dumps({**r, "settings": key}) + "\n")
+            log.flush()
             console.print(
-                f"[{i}/{len(jobs)}] {r['rule']:15s} {r['attack']:18s} seed {r['seed']} "
+                f"[{i}/{len(todo)}] {r['rule']:15s} {r['attack']:18s} seed {r['seed']} "
                 f"honest acc {r['acc_honest_mean']:.4f} (min {r['acc_honest_min']:.4f})"
             )
+    rows = [done[job] for job in jobs]
     args.out.mkdir(parents=True, exist_ok=True)
     with (args.out / "attacks.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
