@@ -149,12 +149,25 @@ def main() -> None:
         "--gossip", action="append", default=[], metavar="JSON",
         help='a gossip variant to add, e.g. \'{"local_steps": 3, "lr": 0.3}\' (repeatable)',
     )  # fmt: skip
+    parser.add_argument(
+        "--fedavg", action="append", default=[], metavar="JSON",
+        help='a FedAvg variant to add, e.g. \'{"lr": 0.5, "clients_per_round": 10}\'',
+    )  # fmt: skip
+    parser.add_argument(
+        "--only", default="", help="run only the rows whose name contains this text"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-learning"))
     args = parser.parse_args()
     variants = [json.loads(v) for v in args.gossip]
-    todo = [(s, k, f, seed) for s, k, f in jobs(args.suites, variants) for seed in args.seeds]
+    fed_variants = [json.loads(v) for v in args.fedavg]
+    todo = [
+        (s, k, f, seed)
+        for s, k, f in jobs(args.suites, variants, fed_variants)
+        if args.only in k
+        for seed in args.seeds
+    ]
     console = Console(stderr=True)
     rows: list[dict[str, Any]] = []
     with ProcessPoolExecutor(args.workers) as pool:
