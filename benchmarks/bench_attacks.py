@@ -68,14 +68,24 @@ def main() -> None:
     parser.add_argument("--peers", type=int, default=default.peers)
     parser.add_argument("--periods", type=int, default=default.periods)
     parser.add_argument("--topology", default=default.topology)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE",
+        help="any other SimConfig field for every cell, e.g. --set mode=push --set lr=0.5",
+    )  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-attacks"))
     args = parser.parse_args()
-    settings = {
+    settings: dict[str, Any] = {
         "peers": args.peers, "periods": args.periods, "topology": args.topology,
         "eval_every": args.periods,
     }  # fmt: skip
+    for item in args.set:
+        name, _, text = item.partition("=")
+        if name not in SimConfig.field_names():
+            parser.error(f"--set {item}: {name!r} is not a SimConfig field")
+        kind = type(getattr(default, name))
+        settings[name] = kind(text) if kind is not bool else text.lower() in ("1", "true")
     columns = ["none"] + [f"{a}:{f:g}" for f in args.fractions for a in args.attacks]
     jobs = [(r, a, seed) for r in args.rules for a in columns for seed in args.seeds]
     console = Console(stderr=True)
