@@ -79,7 +79,9 @@ def cell(name: str, kind: str, fields: dict[str, Any], seed: int) -> dict[str, A
 
 
 def jobs(
-    suites: list[str], gossip_variants: list[dict[str, Any]]
+    suites: list[str],
+    gossip_variants: list[dict[str, Any]],
+    fedavg_variants: list[dict[str, Any]] | None = None,
 ) -> list[tuple[str, str, dict[str, Any]]]:
     out: list[tuple[str, str, dict[str, Any]]] = []
     if "digits-iid" in suites:
@@ -110,6 +112,14 @@ def jobs(
                     {**fed, "clients_per_round": 0, "periods": 100, "eval_every": 2},
                 )
             )
+            for v in fedavg_variants or []:
+                full = v.get("clients_per_round", 10) == 0
+                every = (
+                    {"periods": 100, "eval_every": 2}
+                    if full
+                    else {"periods": 1000, "eval_every": 25}
+                )
+                out.append((name, f"FedAvg {json.dumps(v)}", {**fed, **every, **v}))
     if "fashion" in suites:
         base = {
             "dataset": "fashion-mnist",
