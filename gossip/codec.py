@@ -325,8 +325,10 @@ def _check_layout(
 
 def _gather(buf: memoryview, spans: list[tuple[int, int]], dtype: np.dtype) -> np.ndarray:
     """The tensors' data as one array in schema order: a single view on the canonical layout."""
+    if not spans:  # a schema without tensors
+        return np.empty(0, dtype=dtype)
     contiguous = all(spans[i][1] == spans[i + 1][0] for i in range(len(spans) - 1))
-    if contiguous and spans:
+    if contiguous:
         return np.frombuffer(
             buf,
             dtype=dtype,

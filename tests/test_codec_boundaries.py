@@ -682,3 +682,44 @@ def test_encode_refuses_a_flat_vector_that_does_not_fit_the_schema(codec: str, d
 def test_encode_of_a_non_flat_vector_is_refused(codec: str) -> None:
     with pytest.raises(ValueError, match="flat vector"):
         encode(FLAT.reshape(-1, 1), SCHEMA, _meta(codec))
+
+
+# --------------------------------------------------------------------------- int8 corners
+
+
+def test_a_codec_error_reads_reason_then_detail() -> None:
+    error = CodecError(RejectReason.BAD_LAYOUT, "tensor x overlaps y")
+    assert str(error) == "bad_layout: tensor x overlaps y"
+    assert error.reason is RejectReason.BAD_LAYOUT and error.detail == "tensor x overlaps y"
+
+
+def test_int8_does_not_depend_on_torch_default_dtype() -> None:
+    # A user's torch.set_default_dtype(float64) must not change what goes on the wire: the
+    # per-tensor (scale, min) table is float32 whatever the default.
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        blob = encode(FLAT, SCHEMA, _meta("int8"))
+    finally:
+        torch.set_default_dtype(previous)
+    assert blob == GOOD["int8"]
+
+
+def test_int8_with_an_empty_tensor_between_others() -> None:
+    # A zero-size tensor has no range: it is skipped, and the tensors after it are still
+    # quantized (a skip that ended the loop would leave them as garbage).
+    schema = ModelSchema((TensorSpec("a", (3,)), TensorSpec("empty", (0,)), TensorSpec("c", (4,))))
+    flat = torch.tensor([0.0, 0.5, 1.0, -2.0, -1.0, 1.0, 2.0])
+    meta = MessageMeta("s", 1, "n0nce", 0.0, schema.hash, "int8")
+    out = decode(encode(flat, schema, meta), schema).flat
+    assert out.shape == flat.shape
+    assert torch.allclose(out, flat, atol=4.0 / 255)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_model_without_tensors_round_trips(codec: str) -> None:
+    # The degenerate schema (no tensors): every codec writes and reads it, none raises.
+    schema = ModelSchema(())
+    meta = MessageMeta("s", 1, "n0nce", 0.0, schema.hash, codec)
+    decoded = decode(encode(torch.zeros(0), schema, meta), schema)
+    assert decoded.flat.shape == (0,) and decoded.meta.age == 1
