@@ -105,3 +105,22 @@ def test_bad_settings(kw: dict[str, object]) -> None:
     with pytest.raises(ConfigError) as e:
         AgeGuard(**kw)  # type: ignore[arg-type]
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"policy": "ignore"}, "unknown age guard 'ignore'; choose one of: cap, refuse, off"),
+        ({"rate": -1.0}, "age guard rate must be a finite number >= 0, got -1.0"),
+        ({"burst": float("nan")}, "age guard burst must be a finite number >= 0, got nan"),
+    ],
+)
+def test_bad_settings_say_what_and_how_to_fix(kw: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        AgeGuard(**kw)  # type: ignore[arg-type]
+    assert str(e.value) == message
+
+
+def test_zero_rate_and_burst_are_allowed() -> None:
+    allowance = AgeGuard(rate=0.0, burst=0.0).allowance(1.0, 1.0)
+    assert allowance.check(11, 10, now=5.0) == (10, "age_capped")
