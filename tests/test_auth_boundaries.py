@@ -661,3 +661,91 @@ def test_key_file_to_auth_config() -> None:
     assert dict(ed.public_keys) == {"bob": PUB_B}
     shared = KeyFile("hmac-sha256", SHARED).auth_config()
     assert (shared.shared_key, shared.private_key, shared.window_s) == (SHARED, None, 60.0)
+
+
+# --------------------------------------------------------------------------- what is said
+
+
+def test_an_auth_error_reads_reason_then_detail() -> None:
+    error = AuthError(AuthReason.REPLAY, "nonce 'n1' seen")
+    assert str(error) == "replay: nonce 'n1' seen"
+    assert error.reason is AuthReason.REPLAY and error.detail == "nonce 'n1' seen"
+
+
+def test_the_default_nonce_cache_holds_100000() -> None:
+    assert MessageVerifier(HMAC_CFG).max_nonces == 100_000
+
+
+@pytest.mark.parametrize(("offset", "shown"), [(-100.0, "+100.0"), (100.0, "-100.0")])
+def test_the_stale_detail_gives_the_signed_offset(offset: float, shown: str) -> None:
+    _refuse(
+        HMAC_CFG, HMAC_HEADER, AuthReason.STALE,
+        f"timestamp is {shown} s from now, outside ±60 s", timestamp=T0 + offset,
+    )  # fmt: skip
+
+
+def test_the_floor_detail_gives_how_far_below_it() -> None:
+    verifier = MessageVerifier(HMAC_CFG, floor=T0 + 2.5)
+    _refuse(verifier, HMAC_HEADER, AuthReason.STALE, "replay floor (by 2.5 s)", timestamp=T0)
+
+
+def test_the_signature_failures_say_which_scheme() -> None:
+    bad_sig = base64.b64encode(bytes(64)).decode()
+    _refuse(ED_CFG, f"ed25519={bad_sig}", AuthReason.BAD_AUTH, "bad ed25519 signature")
+    _refuse(HMAC_CFG, "hmac-sha256=" + "0" * 64, AuthReason.BAD_AUTH, "bad hmac-sha256")
+    with pytest.raises(AuthError) as info:
+        _verify(MessageVerifier(HMAC_CFG), "hmac-sha256=" + "0" * 64)
+    assert info.value.detail == "bad hmac-sha256"
+    with pytest.raises(AuthError) as info:
+        _verify(MessageVerifier(ED_CFG), f"ed25519={bad_sig}")
+    assert info.value.detail == "bad ed25519 signature"
+
+
+def test_among_nonces_that_expire_together_the_oldest_is_forgotten_first() -> None:
+    # A full cache forgets what expires soonest; ties (same timestamp) go in arrival order.
+    verifier = MessageVerifier(HMAC_CFG, max_nonces=2)
+    for nonce in ("n-b", "n-a", "n-c"):  # the third evicts one of the first two
+        _verify(verifier, HMAC_HEADER, nonce=nonce)
+    _verify(verifier, HMAC_HEADER, nonce="n-b")  # forgotten: accepted again
+    with pytest.raises(AuthError) as info:
+        _verify(verifier, HMAC_HEADER, nonce="n-c")
+    assert info.value.reason is AuthReason.REPLAY
+
+
+def test_a_restart_floor_with_a_window_below_one_second() -> None:
+    assert restart_floor(start=T0, window_s=0.5, clean_stop=False) == T0 + 0.5
+
+
+def test_a_key_file_config_carries_the_public_keys_and_window() -> None:
+    hmac_file = KeyFile("hmac-sha256", SHARED)
+    config = hmac_file.auth_config({"alice": PUB_A}, window_s=5.0)
+    assert config.shared_key == SHARED and config.window_s == 5.0
+    assert dict(config.public_keys) == {"alice": PUB_A}
+    ed_file = KeyFile("ed25519", SEED_A)
+    config = ed_file.auth_config({"bob": PUB_B}, window_s=7.0)
+    assert config.private_key == SEED_A and config.window_s == 7.0
+    assert dict(config.public_keys) == {"bob": PUB_B}
+
+
+def test_a_bad_ed25519_key_file_says_how_to_make_one(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    path.write_text("ed25519:AAAA\n")
+    with pytest.raises(ConfigError) as info:
+        load_key_file(path)
+    assert str(info.value) == (
+        f"{path}: expected ed25519: followed by the base64 of a 32-byte private seed; make one"
+        " with the key generation command"
+    )
+
+
+def test_overwriting_a_key_file_that_does_not_exist_creates_it(tmp_path: Path) -> None:
+    path = tmp_path / "new.key"
+    write_key_file(path, generate_shared_key().hex(), overwrite=True)
+    assert load_key_file(path).kind == "hmac-sha256"
+
+
+def test_a_key_text_ending_in_x_is_written_whole(tmp_path: Path) -> None:
+    # Base64 may end in any letter: only newlines are trimmed before the one final newline.
+    path = tmp_path / "k"
+    write_key_file(path, "ed25519:abcX\n\n")
+    assert path.read_text() == "ed25519:abcX\n"

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import struct
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -410,3 +411,199 @@ def test_restore_counters_refuses_a_wrong_type_alone(field: str, value: object) 
     before = dict(vars(c))
     assert restore_counters(c, {field: value}) == [field]
     assert vars(c) == before
+
+
+# --------------------------------------------------------------------------- what is said
+
+
+def test_a_new_store_keeps_three_and_has_skipped_nothing(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    assert store.keep == 3 and store.skipped == []
+
+
+def test_a_directory_that_cannot_be_created_says_why(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError) as info:
+        CheckpointStore(tmp_path / "file" / "ckpt")
+    assert str(info.value) == (
+        f"cannot create checkpoint directory {tmp_path / 'file' / 'ckpt'}: Not a directory"
+    )
+
+
+def test_a_failed_write_says_why_and_how_to_fix(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "d")
+    (tmp_path / "d").rmdir()
+    (tmp_path / "d").write_text("now a file")
+    with pytest.raises(CheckpointError) as info:
+        _save(store)
+    assert str(info.value) == (
+        f"cannot write checkpoint in {tmp_path / 'd'}: Not a directory; "
+        "check that it is a writable directory with free space"
+    )
+
+
+def test_exhausted_numbers_name_the_last_file(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    (tmp_path / "ckpt-9999999999.safetensors").write_bytes(b"x")
+    with pytest.raises(CheckpointError) as info:
+        _save(store)
+    assert "(a file is numbered 9999999999)" in str(info.value)
+
+
+def test_an_unreadable_entry_is_skipped_with_the_os_reason(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    (tmp_path / "ckpt-0000000001.safetensors").mkdir()  # a directory where a file should be
+    assert _reason(store) == "unreadable: Is a directory"
+
+
+def test_the_version_reason_quotes_at_most_64_characters(one: tuple[CheckpointStore, Path]) -> None:
+    store, path = one
+    _forge(path, {"version": "v" * 100})
+    assert _reason(store) == f"version: {'v' * 64!r} is not {VERSION!r}"
+
+
+def test_the_version_reason_quotes_the_bad_version(one: tuple[CheckpointStore, Path]) -> None:
+    store, path = one
+    _forge(path, {"version": "gossip-checkpoint/1"})
+    assert _reason(store) == f"version: 'gossip-checkpoint/1' is not {VERSION!r}"
+
+
+def test_the_metadata_reason_lists_what_is_checked(one: tuple[CheckpointStore, Path]) -> None:
+    store, path = one
+    _forge(path, {"age": "-1"})
+    assert _reason(store) == (
+        "metadata: bad age, created_at, high-water mark, view, counters, or seq not matching"
+        " the file name"
+    )
+
+
+def test_skipped_and_invalid_files_are_logged_with_name_and_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = CheckpointStore(tmp_path, keep=1)
+    bad = tmp_path / "ckpt-0000000001.safetensors"
+    bad.write_bytes(b"garbage")
+    with caplog.at_level("WARNING", logger="peers.checkpoint"):
+        _save(store)  # pruning finds the garbage file
+        store.load_latest(SCHEMA)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"checkpoint {bad} is not valid (corrupt:") and
+               m.endswith("): not counted toward keep") for m in messages)  # fmt: skip
+    # load_latest took the good newest file, so it logged nothing about the bad one; make
+    # the good one unusable to see the skip message.
+    _forge(tmp_path / "ckpt-0000000002.safetensors", {"age": "-1"})
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="peers.checkpoint"):
+        store.load_latest(SCHEMA)
+    messages = [r.getMessage() for r in caplog.records]
+    assert (
+        f"skipping checkpoint {tmp_path / 'ckpt-0000000002.safetensors'}: metadata: bad age"
+        in (
+            messages[0][
+                : len(
+                    f"skipping checkpoint {tmp_path / 'ckpt-0000000002.safetensors'}: metadata: bad age"
+                )
+            ]
+        )
+    )
+    assert messages[1].startswith(f"skipping checkpoint {bad}: corrupt:")
+
+
+def test_what_load_latest_checked_is_not_read_again_by_pruning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import peers.checkpoint as module
+
+    first = CheckpointStore(tmp_path, keep=5)
+    for _ in range(3):
+        _save(first)
+    (tmp_path / "ckpt-0000000004.safetensors").write_bytes(b"garbage")
+    store = CheckpointStore(tmp_path, keep=5)
+    assert store.load_latest(SCHEMA) is not None  # reads 4 (bad) then 3 (good)
+    reads: list[str] = []
+    real = module._read
+
+    def counting(path: Path, schema_hash: str) -> Any:
+        reads.append(path.name)
+        return real(path, schema_hash)
+
+    monkeypatch.setattr(module, "_read", counting)
+    _save(store)
+    # Pruning needs a verdict on 1..4: 3 and 4 were checked by load_latest (valid and not).
+    assert sorted(reads) == ["ckpt-0000000001.safetensors", "ckpt-0000000002.safetensors"]
+
+
+def test_the_checksum_is_a_fixed_function_of_the_contents() -> None:
+    # A known answer: the on-disk format, so that a file written by one version is checked
+    # the same way by another (canonical ASCII JSON, an 8-byte little-endian length).
+    meta = {"age": "7", "sampler_view": '["pé"]', "checksum": "ignored"}
+    assert checkpoint_checksum(meta, torch.tensor([1.0, -2.5])) == (
+        "00b9438e6455bf3e62361d0c2885eac09c24ba4eef9aebbfb10aa88f08a6fd31"
+    )
+
+
+def test_counters_are_written_in_a_canonical_order(tmp_path: Path) -> None:
+    a, b = CheckpointStore(tmp_path / "a"), CheckpointStore(tmp_path / "b")
+    pa = _save(a, counters={"x": 1, "a": 2})
+    pb = _save(b, counters={"a": 2, "x": 1})
+    assert _meta(pa)["counters"] == _meta(pb)["counters"] == '{"a": 2, "x": 1}'
+
+
+@dataclass
+class _ClassAttrCounters:
+    limit: ClassVar[int] = 5  # not a field: never restored
+    loss: float = 0.5
+
+
+@dataclass(slots=True)
+class _SlottedCounters:
+    sent: int = 0
+
+
+def test_restore_counters_ignores_class_attributes_and_bad_strings() -> None:
+    c = _ClassAttrCounters()
+    assert restore_counters(c, {"limit": 7, "loss": "abc"}) == ["limit", "loss"]
+    assert _ClassAttrCounters.limit == 5 and c.limit == 5 and c.loss == 0.5
+    assert restore_counters(c, {"loss": [1.0]}) == ["loss"]
+
+
+def test_counters_of_a_slotted_dataclass() -> None:
+    c = _SlottedCounters(sent=3)
+    assert counters_snapshot(c) == {"sent": 3}
+    assert restore_counters(c, {"sent": 9}) == [] and c.sent == 9
+
+
+def test_an_old_checkpoint_that_cannot_be_deleted_does_not_fail_the_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = CheckpointStore(tmp_path, keep=1)
+    first = _save(store)
+    real_unlink = Path.unlink
+
+    def refuse(self: Path, missing_ok: bool = False) -> None:
+        if self == first:
+            raise PermissionError(13, "Permission denied")
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    second = _save(store)
+    assert first.exists() and second.exists()
+
+
+def test_a_platform_that_cannot_fsync_a_directory_still_saves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    real_open = os.open
+
+    def no_directories(path: Any, flags: int, *args: Any, **kw: Any) -> int:
+        if Path(path).is_dir():
+            raise PermissionError(13, "Permission denied")  # as on Windows
+        return real_open(path, flags, *args, **kw)
+
+    store = CheckpointStore(tmp_path)
+    monkeypatch.setattr(os, "open", no_directories)
+    path = _save(store)
+    monkeypatch.undo()
+    assert store.load_latest(SCHEMA) is not None and path.exists()
