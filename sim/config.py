@@ -64,6 +64,7 @@ FIELD_HELP: dict[str, str] = {
     "seed": "the seed all randomness derives from",
     "threads": "torch CPU threads (1 is fastest for small models and reproducible)",
     "device": "cpu, cuda, cuda:N or auto",
+    "engine": "asyncio (every peer an asyncio program), batched (stacked parameters, same results) or auto",
 }
 
 
@@ -84,7 +85,8 @@ class SimConfig:
     eval_every: periods between evaluations. eval_peers: peers evaluated (0 = all).
     eval_samples: size of the fixed random test subset evaluated on (0 = all).
     seed: the only source of randomness. threads: torch CPU threads (1 keeps runs fast
-    and bit-for-bit reproducible).
+    and bit-for-bit reproducible). engine: ``asyncio``, ``batched`` (:mod:`sim.engines`) or
+    ``auto`` (batched when it supports the configuration).
     """
 
     algorithm: str = "gossip"
@@ -131,8 +133,13 @@ class SimConfig:
     seed: int = 0
     threads: int = 1
     device: str = "cpu"
+    engine: str = "asyncio"
 
     def __post_init__(self) -> None:
+        if self.engine not in ("auto", "asyncio", "batched"):
+            raise ConfigError(
+                f"unknown engine {self.engine!r}; choose one of: auto, asyncio, batched"
+            )
         if self.peers < (1 if self.algorithm == "fedavg" else 2):
             raise ConfigError(
                 f"a simulation needs at least 2 peers (FedAvg: 1 client), got {self.peers}"

@@ -122,48 +122,83 @@ class MetricsObserver:
             for i, (x, y) in self.local_tests.items()
             if i not in self.attackers and len(y)
         ]
-        acc = np.asarray(accs)
-        finite = [x for x in losses if math.isfinite(x)]
-        honest = np.asarray(honest_accs) if honest_accs else np.full(1, np.nan)
-        consensus = _round(consensus_distance([p.learner.state.flat for p in self.peers]), 9)
+        consensus = consensus_distance([p.learner.state.flat for p in self.peers])
         honest_flats = [
             p.learner.state.flat for i, p in enumerate(self.peers) if i not in self.attackers
         ]
-        ages = np.asarray([p.learner.state.age for p in self.peers], dtype=np.float64)
-        s = self.network.stats
         counters = [p.counters for p in self.peers]
         acc_avg, loss_avg = self.average_model_accuracy()
-        return {
-            "time": round(time, 9),
-            "period": period,
-            "acc_mean": _round(float(acc.mean())),
-            "acc_min": _round(float(acc.min())),
-            "acc_max": _round(float(acc.max())),
-            "acc_p10": _round(_percentile(acc, 10)),
-            "acc_p50": _round(_percentile(acc, 50)),
-            "acc_p90": _round(_percentile(acc, 90)),
-            # Over the peers whose loss is finite; how many are not is counted beside it.
-            "loss_mean": _round(float(np.mean(finite))) if finite else None,
-            "loss_nonfinite": len(losses) - len(finite),
-            "acc_honest_mean": _round(float(honest.mean())),
-            "acc_honest_min": _round(float(honest.min())),
-            "acc_avgmodel": _round(acc_avg),
-            # Each peer on the test samples of its own groups (LEAF's per-user accuracy).
-            "acc_local_mean": _round(float(np.mean(local))) if local else None,
-            "acc_local_min": _round(float(np.min(local))) if local else None,
-            "loss_avgmodel": _round(loss_avg),
-            "consensus": consensus,
-            "consensus_honest": (
-                _round(consensus_distance(honest_flats), 9) if self.attackers else consensus
-            ),
-            "age_mean": _round(float(ages.mean()), 3),
-            "age_min": int(ages.min()),
-            "age_max": int(ages.max()),
-            **network_record(s),
-            "merges": sum(c.merges for c in counters),
-            "age_capped": sum(c.age_capped for c in counters),
-            "rollbacks": sum(c.rollbacks for c in counters),
-            "train_steps": sum(c.train_steps for c in counters),
-            "peers_online": len(self.network.online),
-            "peers_evaluated": len(self.eval_indices),
-        }
+        return make_record(
+            time, period, accs, losses, honest_accs, local,
+            consensus=consensus,
+            consensus_honest=consensus_distance(honest_flats) if self.attackers else consensus,
+            ages=[p.learner.state.age for p in self.peers],
+            stats=self.network.stats,
+            merges=sum(c.merges for c in counters),
+            age_capped=sum(c.age_capped for c in counters),
+            rollbacks=sum(c.rollbacks for c in counters),
+            train_steps=sum(c.train_steps for c in counters),
+            peers_online=len(self.network.online),
+            acc_avgmodel=acc_avg,
+            loss_avgmodel=loss_avg,
+        )  # fmt: skip
+
+
+def make_record(
+    time: float,
+    period: int,
+    accs: Sequence[float],
+    losses: Sequence[float],
+    honest_accs: Sequence[float],
+    local: Sequence[float],
+    *,
+    consensus: float,
+    consensus_honest: float,
+    ages: Sequence[int] | np.ndarray,
+    stats: NetworkStats,
+    merges: int,
+    age_capped: int,
+    rollbacks: int,
+    train_steps: int,
+    peers_online: int,
+    acc_avgmodel: float,
+    loss_avgmodel: float,
+) -> dict[str, Any]:
+    """One evaluation record from what was measured (both engines write it through here, so
+    their records have the same fields, rounded the same way)."""
+    acc = np.asarray(accs, dtype=np.float64)
+    finite = [float(x) for x in losses if math.isfinite(x)]
+    honest = np.asarray(honest_accs, dtype=np.float64) if len(honest_accs) else np.full(1, np.nan)
+    age = np.asarray(ages, dtype=np.float64)
+    return {
+        "time": round(time, 9),
+        "period": period,
+        "acc_mean": _round(float(acc.mean())),
+        "acc_min": _round(float(acc.min())),
+        "acc_max": _round(float(acc.max())),
+        "acc_p10": _round(_percentile(acc, 10)),
+        "acc_p50": _round(_percentile(acc, 50)),
+        "acc_p90": _round(_percentile(acc, 90)),
+        # Over the peers whose loss is finite; how many are not is counted beside it.
+        "loss_mean": _round(float(np.mean(finite))) if finite else None,
+        "loss_nonfinite": len(losses) - len(finite),
+        "acc_honest_mean": _round(float(honest.mean())),
+        "acc_honest_min": _round(float(honest.min())),
+        "acc_avgmodel": _round(acc_avgmodel),
+        # Each peer on the test samples of its own groups (LEAF's per-user accuracy).
+        "acc_local_mean": _round(float(np.mean(local))) if len(local) else None,
+        "acc_local_min": _round(float(np.min(local))) if len(local) else None,
+        "loss_avgmodel": _round(loss_avgmodel),
+        "consensus": _round(consensus, 9),
+        "consensus_honest": _round(consensus_honest, 9),
+        "age_mean": _round(float(age.mean()), 3),
+        "age_min": int(age.min()),
+        "age_max": int(age.max()),
+        **network_record(stats),
+        "merges": merges,
+        "age_capped": age_capped,
+        "rollbacks": rollbacks,
+        "train_steps": train_steps,
+        "peers_online": peers_online,
+        "peers_evaluated": len(accs),
+    }

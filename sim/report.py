@@ -107,6 +107,7 @@ def result_table(result: SimResult, central: CentralizedResult | None) -> Table:
         ),
         ("MB sent", f"{final['bytes_sent'] / 1e6:,.1f}"),
         ("peers online", final["peers_online"]),
+        ("engine", summary.get("engine", "asyncio")),
         ("wall time (s)", f"{summary['wall_s']:.1f}"),
         ("peer updates per second", f"{summary['peer_updates_per_s'] or 0:,.0f}"),
     ]

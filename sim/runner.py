@@ -39,6 +39,7 @@ from sim.observer import MetricsObserver
 from sim.topology import build_topology, graph_properties
 
 if TYPE_CHECKING:
+    from sim.engines.batched import BatchedRun
     from sim.fedavg import FedAvgRun
 
 Record = dict[str, Any]
@@ -65,7 +66,7 @@ class SimResult:
     config: SimConfig
     records: list[Record]
     summary: dict[str, Any]
-    world: World | FedAvgRun = field(repr=False)
+    world: World | FedAvgRun | BatchedRun = field(repr=False)
 
     @property
     def final(self) -> Record:
@@ -98,20 +99,28 @@ def choose_attackers(config: SimConfig) -> list[int]:
     return sorted(rng.choice(config.peers, count, replace=False).tolist())
 
 
-def build_world(config: SimConfig, dataset: Dataset | None = None) -> World | FedAvgRun:
-    """Create the peers of ``config`` (optionally on an already loaded dataset); with
-    ``algorithm = fedavg`` the FedAvg server and clients on the same data and network."""
-    if config.algorithm == "fedavg":
-        from sim.fedavg import build_fedavg
+@dataclass
+class Setup:
+    """What both engines derive from a configuration before any peer exists: the data, the
+    overlay, each peer's shard, the evaluated peers and test rows, and the attackers. Each
+    comes from its own seeded stream, so both engines see exactly the same ones."""
 
-        return build_fedavg(config, dataset)
-    torch.set_num_threads(config.threads)
-    rng_topo, rng_net, rng_churn, rng_eval = (
-        generator(config.seed, key)
-        for key in (seeding.TOPOLOGY, seeding.NETWORK, seeding.CHURN, seeding.EVALUATION)
+    data: Dataset
+    graph: nx.Graph
+    parts: list[np.ndarray]
+    device: torch.device
+    eval_idx: list[int]
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    attackers: list[int]
+
+
+def build_setup(config: SimConfig, dataset: Dataset | None = None) -> Setup:
+    """The data, topology, partition, evaluation set and attackers of ``config``."""
+    rng_topo, rng_eval = (
+        generator(config.seed, key) for key in (seeding.TOPOLOGY, seeding.EVALUATION)
     )
     rng_part = partition_generator(config.seed)  # exactly as real nodes draw it
-
     data = dataset or load_dataset(
         config.dataset, root=config.data_dir, download=config.download, seed=config.seed
     )
@@ -121,16 +130,39 @@ def build_world(config: SimConfig, dataset: Dataset | None = None) -> World | Fe
     parts = partition(
         data.y_train.numpy(), config.peers, config.partition, rng_part, groups=data.groups_train
     )
-
+    k = config.eval_peers
+    eval_idx = (
+        list(range(config.peers))
+        if k == 0 or k >= config.peers
+        else sorted(rng_eval.choice(config.peers, k, replace=False).tolist())
+    )
+    x_test, y_test = data.x_test, data.y_test
+    if 0 < config.eval_samples < len(y_test):
+        # Drawn after the evaluated peers, from the same stream: a fixed subset for the run.
+        rows = np.sort(rng_eval.choice(len(y_test), config.eval_samples, replace=False))
+        x_test, y_test = x_test[torch.as_tensor(rows)], y_test[torch.as_tensor(rows)]
     device = resolve_device(config.device)
+    return Setup(data, graph, parts, device, eval_idx, x_test, y_test, choose_attackers(config))
+
+
+def build_world(config: SimConfig, dataset: Dataset | None = None) -> World | FedAvgRun:
+    """Create the peers of ``config`` (optionally on an already loaded dataset); with
+    ``algorithm = fedavg`` the FedAvg server and clients on the same data and network."""
+    if config.algorithm == "fedavg":
+        from sim.fedavg import build_fedavg
+
+        return build_fedavg(config, dataset)
+    torch.set_num_threads(config.threads)
+    rng_net, rng_churn = (generator(config.seed, key) for key in (seeding.NETWORK, seeding.CHURN))
+    setup = build_setup(config, dataset)
+    data, graph, parts, device = setup.data, setup.graph, setup.parts, setup.device
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     ids = [peer_id(i) for i in range(config.peers)]
     network: SimNetwork | None = None
     peers: list[Peer] = []
-    sizes = [len(part) for part in parts]
-    step_samples = float(np.mean([min(config.batch_size, n) for n in sizes if n] or [1]))
+    step_samples = mean_step_samples(config, parts)
     peer_cfg, learner_cfg = config.peer_config(), config.learner_config(step_samples)
-    attackers = choose_attackers(config)
+    attackers = setup.attackers
     attack = AttackSpec.parse(config.attack)
     for i in range(config.peers):
         model = build_model_for(config.model, data, config.seed)
@@ -154,24 +186,20 @@ def build_world(config: SimConfig, dataset: Dataset | None = None) -> World | Fe
         peers.append(Peer(ids[i], learner, sampler, transport, peer_cfg, rng, attacker=attacker))
     assert network is not None
     churn = ChurnController(parse_churn(config.churn), peers, network, rng_churn)
-    k = config.eval_peers
-    eval_idx = (
-        range(config.peers)
-        if k == 0 or k >= config.peers
-        else sorted(rng_eval.choice(config.peers, k, replace=False).tolist())
-    )
-    x_test, y_test = data.x_test, data.y_test
-    if 0 < config.eval_samples < len(y_test):
-        # Drawn after the evaluated peers, from the same stream: a fixed subset for the run.
-        rows = np.sort(rng_eval.choice(len(y_test), config.eval_samples, replace=False))
-        x_test, y_test = x_test[torch.as_tensor(rows)], y_test[torch.as_tensor(rows)]
     observer = MetricsObserver(
-        peers, network, x_test.to(device), y_test.to(device), list(eval_idx),
+        peers, network, setup.x_test.to(device), setup.y_test.to(device), setup.eval_idx,
         attackers=attackers,
-        local_tests=local_tests(data, parts, eval_idx, device)
+        local_tests=local_tests(data, parts, setup.eval_idx, device)
         if config.partition == "natural" else None,
     )  # fmt: skip
     return World(config, data, parts, graph, peers, network, churn, observer, attackers)
+
+
+def mean_step_samples(config: SimConfig, parts: Sequence[np.ndarray]) -> float:
+    """Samples one training step sees, on average over the peers (the batch size, or less
+    when shards are smaller): the unit of a bare ``cosine`` schedule's horizon."""
+    sizes = [len(part) for part in parts]
+    return float(np.mean([min(config.batch_size, n) for n in sizes if n] or [1]))
 
 
 def local_tests(
@@ -230,7 +258,9 @@ async def _simulate(world: World, progress: Progress | None) -> list[Record]:
     return records
 
 
-def summarise(world: World | FedAvgRun, records: list[Record], wall_s: float) -> dict[str, Any]:
+def summarise(
+    world: World | FedAvgRun | BatchedRun, records: list[Record], wall_s: float
+) -> dict[str, Any]:
     final = records[-1]
     merges = final["merges"]
     dist = label_distribution(world.dataset.y_train.numpy(), world.parts, world.dataset.num_classes)
@@ -260,14 +290,59 @@ def run_simulation(
     dataset: Dataset | None = None,
 ) -> SimResult:
     """Run one simulation; with ``out_dir``, write metrics.jsonl, config.json, summary.json
-    and the plots there."""
-    return run_world(build_world(config, dataset), out_dir, progress)
+    and the plots there. The engine is ``config.engine`` (``auto``: batched when it supports
+    the configuration, see :mod:`sim.engines`); the summary says which one ran."""
+    from sim.engines import choose_engine
+
+    engine, why_not = choose_engine(config)
+    if engine == "batched":
+        return run_batched_simulation(config, out_dir, progress, dataset)
+    result = run_world(build_world(config, dataset), out_dir, progress, why_not=why_not)
+    return result
+
+
+def run_batched_simulation(
+    config: SimConfig,
+    out_dir: str | Path | None = None,
+    progress: Progress | None = None,
+    dataset: Dataset | None = None,
+) -> SimResult:
+    from sim.engines.batched import run_batched
+
+    start = time.perf_counter()
+    try:
+        records, run = run_batched(config, dataset, progress)
+    except Diverged as e:
+        if out_dir is not None:
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            with (out / "metrics.jsonl").open("w") as f:
+                for record in e.records:
+                    f.write(json.dumps(record, sort_keys=True) + "\n")
+        raise
+    wall = time.perf_counter() - start
+    summary = summarise(run, records, wall)
+    summary["engine"] = "batched"
+    summary["batched"] = {
+        "waves": run.waves,
+        "snapshot_pool": run.pool_size,
+        "schedule_s": round(run.schedule_s, 3),
+    }
+    result = SimResult(config, records, summary, run)
+    if out_dir is not None:
+        write_outputs(result, Path(out_dir))
+    return result
 
 
 def run_world(
-    world: World | FedAvgRun, out_dir: str | Path | None = None, progress: Progress | None = None
+    world: World | FedAvgRun,
+    out_dir: str | Path | None = None,
+    progress: Progress | None = None,
+    *,
+    why_not: str | None = None,
 ) -> SimResult:
-    """Run an already built world (see :func:`build_world`)."""
+    """Run an already built world (see :func:`build_world`) on the asyncio engine;
+    ``why_not``: why ``--engine auto`` did not pick the batched one (for the summary)."""
     config = world.config
     # The world (thousands of modules, tensors, tasks) lives for the whole run: freeze it out
     # of the cyclic garbage collector, whose full passes would otherwise scan it again and
@@ -289,6 +364,9 @@ def run_world(
         gc.unfreeze()
     wall = time.perf_counter() - start
     summary = summarise(world, records, wall)
+    summary["engine"] = "asyncio"
+    if why_not is not None:
+        summary["batched_unsupported"] = why_not
     result = SimResult(config, records, summary, world)
     if out_dir is not None:
         write_outputs(result, Path(out_dir))

@@ -1,0 +1,127 @@
+"""The batched engine runs the asyncio engine's simulation: the same events, the same numbers.
+
+For each scenario both engines run the same configuration and seed. Message accounting,
+drops by reason, merges, training steps, age caps and every peer's age are compared exactly
+at every evaluation point; parameters to float tolerance (the engines sum gradients in a
+different order): max |w_batched - w_asyncio| <= 1e-5 * max |w_asyncio| after the run; then
+accuracy and consensus follow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from gossip.errors import ConfigError, GossipError
+from sim.config import SimConfig
+from sim.engines import choose_engine
+from sim.engines.batched import unsupported
+from sim.runner import SimResult, run_simulation
+
+BASE: dict[str, Any] = dict(
+    peers=12, periods=12, eval_every=4, model="logreg", screen=0, screen_distance=0, seed=3
+)
+FLOAT_KEYS = {
+    "acc_mean", "acc_min", "acc_max", "acc_p10", "acc_p50", "acc_p90", "loss_mean",
+    "acc_honest_mean", "acc_honest_min", "acc_avgmodel", "loss_avgmodel", "consensus",
+    "consensus_honest",
+}  # fmt: skip
+
+
+def _both(**kw: Any) -> tuple[SimResult, SimResult]:
+    fields = {**BASE, **kw}
+    a = run_simulation(SimConfig(engine="asyncio", **fields))
+    b = run_simulation(SimConfig(engine="batched", **fields))
+    assert a.summary["engine"] == "asyncio" and b.summary["engine"] == "batched"
+    return a, b
+
+
+def _assert_same(a: SimResult, b: SimResult, rel: float = 1e-5) -> None:
+    assert len(a.records) == len(b.records)
+    for ra, rb in zip(a.records, b.records, strict=True):
+        exact = {k: v for k, v in ra.items() if k not in FLOAT_KEYS}
+        assert exact == {k: rb[k] for k in exact}, f"period {ra['period']}"
+        # One test sample more or less right moves an accuracy by 1/len(test).
+        for key in ("acc_mean", "acc_avgmodel"):
+            assert rb[key] == pytest.approx(ra[key], abs=2 / 360)
+        assert rb["consensus"] == pytest.approx(ra["consensus"], rel=1e-3, abs=1e-9)
+    wa = torch.stack([p.learner.state.flat for p in a.world.peers])  # type: ignore[union-attr]
+    wb = b.world.peers_state.W  # type: ignore[union-attr]
+    scale = float(wa.abs().max())
+    assert float((wa - wb).abs().max()) <= rel * scale
+    ages = [p.learner.state.age for p in a.world.peers]  # type: ignore[union-attr]
+    assert ages == b.world.schedule.evals[-1].ages.tolist()  # type: ignore[union-attr]
+    assert a.summary["message_accounting_balanced"] and b.summary["message_accounting_balanced"]
+
+
+def test_the_plain_scenario_matches_exactly() -> None:
+    a, b = _both()
+    _assert_same(a, b)
+    assert b.records[-1]["merges"] > 0 and b.records[-1]["train_steps"] > 0
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"loss": 0.2, "sampler": "uniform", "topology": "complete"},
+        {"partitions": "split:3:7", "delay": "exponential:0.2"},
+        {"delay": "constant:0.3", "bandwidth": 20_000.0},
+        {"merge": "average"},
+        {"merge": "replace"},
+        {"merge": "none"},
+        {"age_guard": "refuse", "lr_schedule": "inverse:200"},
+        {"age_guard": "off", "weight_decay": 0.01, "local_steps": 3},
+        {"partition": "dirichlet:0.3", "topology": "ring"},
+        {"eval_peers": 5, "eval_samples": 100},
+    ],
+    ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()),
+)
+def test_scenarios_match(kw: dict[str, Any]) -> None:
+    a, b = _both(**kw)
+    _assert_same(a, b)
+
+
+def test_minibatches_smaller_than_the_shard_are_the_same_batches() -> None:
+    # 3 peers hold ~480 samples each: batches of 32 are drawn from each peer's generator.
+    a, b = _both(peers=3, topology="complete", batch_size=32, local_steps=2)
+    _assert_same(a, b)
+
+
+def test_mlp_matches() -> None:
+    a, b = _both(model="mlp", lr=0.2)
+    _assert_same(a, b, rel=1e-4)
+
+
+def test_unsupported_options_are_named_in_one_line() -> None:
+    assert unsupported(SimConfig()) == "the norm screen (pass --screen 0)"
+    assert unsupported(SimConfig(**BASE)) is None
+    for kw, word in [
+        ({"mode": "push-pull"}, "--mode push-pull"),
+        ({"train_on": "receive"}, "--train-on receive"),
+        ({"merge": "clipped"}, "--merge clipped"),
+        ({"attack": "sign-flip:0.1"}, "--attack"),
+        ({"churn": "markov:0.9:20"}, "--churn"),
+        ({"codec": "int8"}, "--codec int8"),
+        ({"momentum": 0.9}, "--momentum"),
+        ({"merge_k": 2}, "--merge-k 2"),
+    ]:
+        config = SimConfig(**{**BASE, **kw})
+        assert word in (unsupported(config) or "")
+        with pytest.raises(GossipError) as info:
+            run_simulation(SimConfig(**{**BASE, **kw, "engine": "batched"}))
+        assert "\n" not in str(info.value) and "--engine asyncio" in str(info.value)
+
+
+def test_auto_picks_batched_when_supported_and_says_why_not_otherwise() -> None:
+    assert choose_engine(SimConfig(**BASE, engine="auto")) == ("batched", None)
+    assert choose_engine(SimConfig(engine="auto")) == (
+        "asyncio",
+        "the norm screen (pass --screen 0)",
+    )
+    result = run_simulation(SimConfig(engine="auto", peers=6, periods=2, eval_every=2))
+    assert result.summary["engine"] == "asyncio"
+    assert result.summary["batched_unsupported"] == "the norm screen (pass --screen 0)"
+    with pytest.raises(ConfigError, match="unknown engine 'fast'"):
+        SimConfig(engine="fast")
