@@ -192,14 +192,18 @@ class SimConfig:
             train_cost=self.train_cost,
         )
 
-    def learner_config(self, step_samples: float | None = None) -> LearnerConfig:
-        """The peers' learner; ``step_samples`` (samples one step sees: the batch size, or
-        less when shards are smaller) sets the horizon of a bare ``cosine`` schedule."""
+    def learner_config(
+        self, step_samples: float | None = None, horizon: float | None = None
+    ) -> LearnerConfig:
+        """The peers' learner. A bare ``cosine`` schedule ends at ``horizon`` samples (the
+        simulator passes the age the peers reach, :func:`sim.runner.cosine_horizon`), else
+        at :meth:`final_age` of ``step_samples`` (samples one step sees: the batch size, or
+        less when shards are smaller)."""
         from gossip.learner import LearnerConfig
         from gossip.schedule import LRSchedule
 
         schedule = LRSchedule.parse(self.lr_schedule).with_horizon(
-            self.final_age(step_samples or self.batch_size)
+            horizon if horizon is not None else self.final_age(step_samples or self.batch_size)
         )
         return LearnerConfig(
             optimizer=self.optimizer, lr=self.lr, lr_schedule=str(schedule),
@@ -208,9 +212,9 @@ class SimConfig:
         )  # fmt: skip
 
     def final_age(self, step_samples: float) -> float:
-        """The age (samples) an honest model reaches by the end of the run: trainings per
-        period times samples per training times periods (ages merge by max, so a lineage's
-        age grows at one peer's training rate). The horizon of a bare ``cosine`` schedule."""
+        """The samples one peer trains on over the run: trainings per period times samples
+        per training times periods. Ages grow faster than that (a merge takes the larger
+        age, and the next step adds to it): see :func:`sim.runner.cosine_horizon`."""
         receipts = 2.0 if self.mode == "push-pull" else 1.0
         trainings = receipts * (self.train_on != "timer") + (self.train_on != "receive")
         return trainings * self.local_steps * step_samples * self.periods

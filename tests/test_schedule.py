@@ -151,3 +151,26 @@ def test_bad_learner_settings_are_one_line(kw: dict[str, object]) -> None:
     with pytest.raises(ConfigError) as e:
         LearnerConfig(**kw)  # type: ignore[arg-type]
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("kw", "tolerance"),
+    [
+        ({}, 0.05),  # push, timer training: replayed exactly (screens on make no difference)
+        ({"topology": "ring"}, 0.05),
+        ({"mode": "push-pull"}, 0.25),  # the measured growth factor
+        ({"train_on": "receive"}, 0.25),
+    ],
+)
+def test_a_bare_cosine_ends_with_the_run(kw: dict[str, object], tolerance: float) -> None:
+    # Ages grow about twice as fast as the samples one peer trains on (a merge takes the
+    # larger age): a horizon of one peer's samples ended the schedule halfway through.
+    from sim.config import SimConfig
+    from sim.runner import build_setup, cosine_horizon, mean_step_samples, run_simulation
+
+    config = SimConfig(peers=20, periods=30, eval_every=30, model="logreg", **kw)  # type: ignore[arg-type]
+    setup = build_setup(config)
+    horizon = cosine_horizon(config, setup)
+    final_age = run_simulation(config).final["age_mean"]
+    assert horizon == pytest.approx(final_age, rel=tolerance)
+    assert horizon > 1.5 * config.final_age(mean_step_samples(config, setup.parts))

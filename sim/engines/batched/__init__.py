@@ -101,7 +101,7 @@ def run_batched(
     config: SimConfig, dataset: Dataset | None = None, progress: Progress | None = None
 ) -> tuple[list[Record], BatchedRun]:
     """Run ``config`` on the batched engine (see :func:`unsupported` first)."""
-    from sim.runner import Diverged, build_setup, evaluation_times, mean_step_samples
+    from sim.runner import Diverged, build_setup, evaluation_times, gossip_learner_config
 
     reason = unsupported(config)
     if reason is not None:
@@ -118,7 +118,7 @@ def run_batched(
     init = state.flat.detach().clone()
     probe = MessageMeta("p" * 8, 10**9, "n" * 12, 0.0, schema.hash, "fp32")
     message_bytes = len(encode(torch.zeros(schema.numel), schema, probe))
-    learner_cfg = config.learner_config(mean_step_samples(config, parts))
+    learner_cfg = gossip_learner_config(config, setup)
     lr_schedule = LRSchedule.parse(learner_cfg.lr_schedule)
     neighbours = (
         None
