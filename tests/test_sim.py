@@ -263,7 +263,11 @@ def test_a_bare_cosine_schedule_ends_at_the_runs_final_age() -> None:
     # 16 peers share 1,437 digits: 89 or 90 samples each, so a step sees the batch of 32.
     result = _run(config)
     schedule = result.world.peers[0].learner.schedule
-    assert schedule.kind == "cosine" and schedule.scale == config.final_age(32) == 32 * 20
+    assert schedule.kind == "cosine"
+    # The peers' mean age at the end (replayed by the schedule pass), about twice the
+    # samples one peer trains on (final_age): merges take the larger age.
+    assert schedule.scale == pytest.approx(result.final["age_mean"], rel=0.02)
+    assert schedule.scale > 1.5 * config.final_age(32) == 1.5 * 32 * 20
     # push-pull receives twice per period; both trains on each receipt and on the timer.
     both = SMALL.replace(train_on="both", mode="push-pull", local_steps=2)
     assert both.final_age(10) == 3 * 2 * 10 * 20
