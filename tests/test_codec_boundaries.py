@@ -723,3 +723,150 @@ def test_a_model_without_tensors_round_trips(codec: str) -> None:
     meta = MessageMeta("s", 1, "n0nce", 0.0, schema.hash, codec)
     decoded = decode(encode(torch.zeros(0), schema, meta), schema)
     assert decoded.flat.shape == (0,) and decoded.meta.age == 1
+
+
+# --------------------------------------------------------------------------- what is said
+
+LONG = "z" * 80
+
+
+def _detail(blob: bytes, fn: Decoder = decode, schema: ModelSchema = SCHEMA) -> str:
+    with pytest.raises(CodecError) as info:
+        fn(blob, schema)
+    return info.value.detail
+
+
+def test_each_refusal_says_exactly_what_is_wrong() -> None:
+    (n,) = struct.unpack_from("<Q", GOOD["fp32"])
+    cases = {
+        "truncated": (GOOD["fp32"][: 8 + n - 1], f"header of {n} bytes but only {n - 1} follow"),
+        "metadata": (
+            _edit(GOOD["fp32"], lambda h: h.__setitem__("__metadata__", [])),
+            "__metadata__ missing or not a string map",
+        ),
+        "lacks": (
+            _edit(GOOD["fp32"], lambda h: [h["__metadata__"].pop(k) for k in ("codec", "age")]),
+            "metadata lacks age, codec",
+        ),
+        "version": (_with_meta("v", LONG), f"format version {LONG[:16]!r} is not 1"),
+        "codec": (_with_meta("codec", LONG), f"codec {LONG[:16]!r} is not one of fp32, fp16, int8"),
+        "schema": (_with_meta("schema", "0" * 32), "schema hash differs from the local model's"),
+        "sender": (_with_meta("sender", "a b"), "sender or nonce malformed"),
+        "timestamp": (_with_meta("timestamp", "soon"), "timestamp is not a number"),
+        "finite": (_with_meta("timestamp", "inf"), "timestamp is not finite"),
+        "age": (_with_meta("age", "9" * 30), f"age {'9' * 24!r} is not a non-negative integer"),
+        "gap": (
+            _with_offsets({"layer.c": [24, 36]}, BODY[:40]),
+            "tensor data overlaps or leaves gaps",
+        ),
+    }
+    for name, (blob, detail) in cases.items():
+        assert _detail(blob) == detail, name
+
+
+def test_a_header_length_with_the_top_bit_set_exceeds_the_limit() -> None:
+    # Read as unsigned: a length of 2**63 + 5 is huge, never negative.
+    n = 2**63 + 5
+    blob = struct.pack("<Q", n) + GOOD["fp32"][8:]
+    assert _detail(blob) == f"header of {n} bytes exceeds the limit of {HEADER_LIMIT}"
+
+
+def test_tensor_names_are_quoted_up_to_64_characters() -> None:
+    name = "t" * 70
+    schema = ModelSchema((TensorSpec(name, (2,)),))
+    meta = MessageMeta("s", 1, "n0nce", 0.0, schema.hash, "fp32")
+    blob = encode(torch.zeros(2), schema, meta)
+    quoted = repr(name[:64])
+
+    def change(edit: Callable[[dict[str, Any]], None]) -> bytes:
+        header, body = _split(blob)
+        edit(header)
+        return _join(header, body)
+
+    assert _detail(change(lambda h: h.__setitem__(name, 1)), schema=schema) == (
+        f"tensor {quoted} missing"
+    )
+    assert _detail(change(lambda h: h[name].__setitem__("shape", [1])), schema=schema) == (
+        f"tensor {quoted} has wrong dtype or shape"
+    )
+    assert _detail(change(lambda h: h[name].__setitem__("data_offsets", [0])), schema=schema) == (
+        f"tensor {quoted} has bad data_offsets"
+    )
+    header, body = _split(blob)
+    header[name]["data_offsets"] = [0, 4]
+    assert _detail(_join(header, body[:4]), schema=schema) == (
+        f"tensor {quoted} size disagrees with its shape"
+    )
+
+
+def test_value_refusals_say_what_is_wrong() -> None:
+    flat = FLAT.clone()
+    flat[3] = float("nan")
+    header, body = _split(GOOD["fp32"])
+    bad = bytearray(body)
+    bad[12:16] = struct.pack("<f", float("nan"))
+    assert _detail(_join(header, bytes(bad))) == "model contains NaN or infinite values"
+    header, body = _split(GOOD["int8"])
+    bad = bytearray(body)
+    bad[0:4] = struct.pack("<f", 0.0)  # the first tensor's scale
+    assert _detail(_join(header, bytes(bad))) == (
+        "int8 quantization parameters are not finite and positive"
+    )
+
+
+def test_encode_errors_say_what_is_wrong() -> None:
+    with pytest.raises(ValueError) as info:
+        encode(FLAT, SCHEMA, _meta("bf16"))
+    assert str(info.value) == "unknown codec 'bf16'; choose one of fp32, fp16, int8"
+    with pytest.raises(ValueError) as info:
+        encode(FLAT, SCHEMA, _meta(schema_hash="0" * 32))
+    assert str(info.value) == "message metadata names a different schema than the one encoded"
+
+
+@pytest.mark.parametrize(
+    "order", [("layer.c", "layer.a", "layer.b"), ("layer.b", "layer.a", "layer.c")]
+)
+def test_tensors_in_any_order_decode_to_the_same_values(order: tuple[str, ...]) -> None:
+    # Orders whose spans, taken in schema order, are partly adjacent: only a check of every
+    # neighbouring pair tells that they are not one contiguous run.
+    header, body = _split(GOOD["fp32"])
+    pieces = {s.name: body[o : o + 4 * s.numel] for s, o in zip(
+        SCHEMA.specs, (0, 24, 40), strict=True)}  # fmt: skip
+    out, at = b"", 0
+    for name in order:
+        header[name]["data_offsets"] = [at, at + len(pieces[name])]
+        out += pieces[name]
+        at += len(pieces[name])
+    assert torch.equal(decode(_join(header, out), SCHEMA).flat, FLAT)
+
+
+def test_fp16_clamps_below_its_range_too() -> None:
+    flat = FLAT.clone()
+    flat[0], flat[1] = -1e9, 1e9
+    out = decode(encode(flat, SCHEMA, _meta("fp16")), SCHEMA).flat
+    assert (float(out[0]), float(out[1])) == (-65504.0, 65504.0)
+
+
+def test_decoding_under_a_float64_default_dtype_still_gives_float32() -> None:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        outs = {codec: decode(GOOD[codec], SCHEMA).flat for codec in CODECS}
+        empty = ModelSchema(())
+        for codec in CODECS:
+            meta = MessageMeta("s", 1, "n0nce", 0.0, empty.hash, codec)
+            outs[f"empty {codec}"] = decode(encode(torch.zeros(0), empty, meta), empty).flat
+    finally:
+        torch.set_default_dtype(previous)
+    assert {k: v.dtype for k, v in outs.items()} == dict.fromkeys(outs, torch.float32)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_decoded_model_owns_its_memory(codec: str) -> None:
+    # A node reads pushes into pooled buffers and reuses them: a decoded model that were a
+    # view of the buffer would change under the next push.
+    buffer = bytearray(GOOD[codec])
+    flat = decode(memoryview(buffer), SCHEMA).flat
+    before = flat.clone()
+    buffer[-64:] = bytes(64)
+    assert torch.equal(flat, before)
