@@ -193,50 +193,80 @@ def build_schedule(
     if next_eval < len(evals):
         t_next, _ = evals[next_eval]
         heapq.heappush(heap, (now + max(0.0, t_next - now), next(seq), _RECORD, -1, -1))
+    # The hot loop: bound methods and local counters (this pass is pure Python per event).
+    pop, push = heapq.heappop, heapq.heappush
+    add_kind, add_peer, add_arg, add_weight = (
+        out.kind.append,
+        out.peer.append,
+        out.arg.append,
+        out.weight.append,
+    )
+    add_lr, add_used = out.lrs.append, out.used.append
+    randoms = [r.random for r in rngs]
+    integers = [r.integers for r in rngs]
+    net_random = net_rng.random
+    if delay.kind == "uniform":
+        uniform, low, high = net_rng.uniform, delay.a, delay.b
+
+        def sample_delay() -> float:
+            return float(uniform(low, high))
+    else:
+
+        def sample_delay() -> float:
+            return delay.sample(net_rng)
+
+    extra = message_bytes / bandwidth if bandwidth else 0.0
+    lr0 = config.lr
+    others = n_peers - 1
     while heap:
-        when, _, what, i, msg = heapq.heappop(heap)
+        when, _, what, i, msg = pop(heap)
         now = when
-        if what == _RECORD:
-            record(now, evals[next_eval][1])
-            next_eval += 1
-            if next_eval == len(evals):
-                break
-            t_next, _ = evals[next_eval]
-            heapq.heappush(heap, (now + max(0.0, t_next - now), next(seq), _RECORD, -1, -1))
-        elif what == _ROUND:
+        if what == _ROUND:
             # Train on the timer (the local steps with their learning rates), then push.
             if steps > 0 and sizes[i] > 0:
                 b = bsz[i]
-                first = len(out.lrs)
+                add_arg(len(out.lrs))
                 for s in range(steps):
-                    lr = config.lr * schedule.factor(ages[i] + s * b) if scheduled_lr else config.lr
-                    out.lrs.append(lr)
-                op = out.add(TRAIN, i, first)
+                    add_lr(lr0 * schedule.factor(ages[i] + s * b) if scheduled_lr else lr0)
+                add_kind(TRAIN)
+                add_peer(i)
+                add_weight(0.0)
                 if minibatch[i]:
-                    out.rows[op] = [batches[i].next() for _ in range(steps)]
+                    out.rows[len(out.kind) - 1] = [batches[i].next() for _ in range(steps)]
                 ages[i] += steps * b
                 train_steps += steps
-            target = _select(rngs[i], i, n_peers, neighbours)
+            # The sampler's choice (UniformSampler / NeighbourSampler by index: the same
+            # rng.integers(len(view)) draw on the same view, all others or the neighbours).
+            if neighbours is None:
+                target: int | None = None
+                if others > 0:
+                    k = int(integers[i](others))
+                    target = k + (k >= i)
+            else:
+                view = neighbours[i]
+                target = view[int(integers[i](len(view)))] if view else None
             if target is not None:
                 stats.sent += 1
                 stats.bytes_sent += message_bytes
-                if partitioned(i, target, now):
+                if partitions and partitioned(i, target, now):
                     stats.dropped["partition"] += 1
-                elif loss > 0 and float(net_rng.random()) < loss:
+                elif loss > 0 and float(net_random()) < loss:
                     stats.dropped["loss"] += 1
                 else:
                     stats.in_flight += 1
                     m = len(messages)
                     messages.append((i, ages[i]))
-                    out.used.append(False)
-                    out.add(SEND, i, m)
-                    wait = delay.sample(net_rng) + (message_bytes / bandwidth if bandwidth else 0.0)
-                    heapq.heappush(heap, (now + wait, next(seq), _DELIVER, target, m))
-            d = period * (1.0 + jitter * (2.0 * float(rngs[i].random()) - 1.0))
-            heapq.heappush(heap, (now + d, next(seq), _ROUND, i, -1))
-        else:  # a delivery: offered, queued, merged at once (inline compute takes no time)
+                    add_used(False)
+                    add_kind(SEND)
+                    add_peer(i)
+                    add_arg(m)
+                    add_weight(0.0)
+                    push(heap, (now + (sample_delay() + extra), next(seq), _DELIVER, target, m))
+            d = period * (1.0 + jitter * (2.0 * float(randoms[i]()) - 1.0))
+            push(heap, (now + d, next(seq), _ROUND, i, -1))
+        elif what == _DELIVER:  # offered, queued, merged at once (inline compute takes no time)
             stats.in_flight -= 1
-            _, t_r = messages[msg]
+            t_r = messages[msg][1]
             allowance: AgeAllowance = allowances[i]
             if allowance.policy == "refuse":  # offer() checks it whatever the rule
                 reason = allowance.check(t_r, ages[i], now)[1]
@@ -252,32 +282,24 @@ def build_schedule(
                 if t_r > bound:
                     t_r = bound
                     age_capped += 1
-            weight = rule.weight(before, t_r)
             ages[i] = int(max(before, t_r))
             allowance.spend(before, ages[i])
             merges += 1
             out.used[msg] = True
-            out.add(MERGE, i, msg, weight)
+            add_kind(MERGE)
+            add_peer(i)
+            add_arg(msg)
+            add_weight(rule.weight(before, t_r))
+        else:
+            record(now, evals[next_eval][1])
+            next_eval += 1
+            if next_eval == len(evals):
+                break
+            t_next, _ = evals[next_eval]
+            push(heap, (now + max(0.0, t_next - now), next(seq), _RECORD, -1, -1))
     if next_eval < len(evals):
         raise AssertionError("the schedule ended before its last evaluation")  # pragma: no cover
     return out
-
-
-def _select(
-    rng: np.random.Generator, i: int, n: int, neighbours: Sequence[Sequence[int]] | None
-) -> int | None:
-    """:class:`~sampling.uniform.UniformSampler` / ``NeighbourSampler``'s choice, by index:
-    the same draw (``rng.integers(len(view))``) on the same view (all others, or the sorted
-    neighbours)."""
-    if neighbours is None:
-        if n < 2:
-            return None
-        k = int(rng.integers(n - 1))
-        return k + (k >= i)
-    view = neighbours[i]
-    if not view:
-        return None
-    return view[int(rng.integers(len(view)))]
 
 
 def describe(schedule: Schedule) -> dict[str, Any]:
