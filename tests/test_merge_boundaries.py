@@ -118,3 +118,16 @@ def test_unknown_rule_message_lists_the_rules() -> None:
     assert str(e.value) == (
         "unknown merge rule 'median'; choose one of: age-weighted, average, replace, none"
     )
+
+
+def test_a_plugged_in_rule_sees_ages_in_float64() -> None:
+    # Ages above 2**24 differ by one sample: float32 could not tell them apart.
+    @dataclass(frozen=True)
+    class Newer(MergeRule):
+        name: str = "newer"
+
+        def weights(self, t_l: torch.Tensor, t_r: torch.Tensor) -> torch.Tensor:
+            return (t_r > t_l).to(torch.float64)
+
+    assert Newer().weight(2**25, 2**25 + 1) == 1.0
+    assert Newer().weight(2**25 + 1, 2**25) == 0.0
