@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,18 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from gossip.errors import GossipError
 from sim.centralized import CentralizedResult, train_centralized, write_centralized
 from sim.config import SimConfig
 from sim.plots import plot_comparison, plot_run
-from sim.runner import Record, SimResult, build_world, describe_run, run_world
+from sim.runner import (
+    Record,
+    SimResult,
+    build_world,
+    describe_run,
+    run_batched_simulation,
+    run_world,
+)
 
 console = Console()
 
@@ -41,9 +50,28 @@ def simulate_with_progress(
 ) -> SimResult:
     """Run with a live progress bar (virtual time, mean accuracy) and a status line per
     evaluation; when the output is not a terminal, only the status lines are printed."""
-    world = build_world(config)  # user errors (data, topology) surface here, before any output
+    from sim.engines import choose_engine
+    from sim.engines.batched import unsupported
+
+    engine, why_not = choose_engine(config)
+    run: Callable[[Callable[[float, Record | None], None] | None], SimResult]
+    if engine == "batched":
+        reason = unsupported(config)
+        if reason is not None:  # asked for by name: refused before any output
+            raise GossipError(
+                f"the batched engine does not support {reason} yet; use --engine asyncio"
+            )
+
+        def run(on: Callable[[float, Record | None], None] | None) -> SimResult:
+            return run_batched_simulation(config, out, on)
+    else:
+        world = build_world(config)  # user errors (data, topology) surface here, before output
+
+        def run(on: Callable[[float, Record | None], None] | None) -> SimResult:
+            return run_world(world, out, on, why_not=why_not)
+
     if quiet:
-        return run_world(world, out)
+        return run(None)
     console.print(
         f"[bold]gossip-sim[/] {describe_run(config)}, {config.periods} periods -> {out}",
         highlight=False,
@@ -65,7 +93,7 @@ def simulate_with_progress(
                 progress.update(task, acc=_fmt(record["acc_mean"], 3))
                 progress.console.print(_status_line(record), highlight=False)
 
-        return run_world(world, out, progress=on_progress)
+        return run(on_progress)
 
 
 def last_mean(records: list[Record], key: str, count: int = 5) -> float | None:

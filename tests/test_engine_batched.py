@@ -125,3 +125,27 @@ def test_auto_picks_batched_when_supported_and_says_why_not_otherwise() -> None:
     assert result.summary["batched_unsupported"] == "the norm screen (pass --screen 0)"
     with pytest.raises(ConfigError, match="unknown engine 'fast'"):
         SimConfig(engine="fast")
+
+
+def test_the_cli_runs_the_engine_it_is_asked_for(tmp_path: Any) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from sim.cli import app
+
+    small = ["--peers", "8", "--periods", "4", "--eval-every", "2", "--model", "logreg"]
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["run", *small, "--engine", "batched", "--screen", "0", "--screen-distance", "0",
+              "--out", str(tmp_path / "b")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["engine"] == "batched"
+    refused = runner.invoke(app, ["run", *small, "--engine", "batched", "--out", str(tmp_path)])
+    assert refused.exit_code != 0
+    lines = [line for line in refused.output.splitlines() if line.strip()]
+    assert lines == [
+        "error: the batched engine does not support the norm screen (pass --screen 0) yet; use "
+        "--engine asyncio"
+    ]
