@@ -870,3 +870,28 @@ def test_a_decoded_model_owns_its_memory(codec: str) -> None:
     before = flat.clone()
     buffer[-64:] = bytes(64)
     assert torch.equal(flat, before)
+
+
+def test_the_size_limit_of_one_codec_is_its_own() -> None:
+    big = ModelSchema((TensorSpec("w", (1000,)),))
+    assert max_message_bytes(big, "int8") < max_message_bytes(big, "fp16")
+    assert max_message_bytes(big, "fp16") < max_message_bytes(big, "fp32")
+    assert max_message_bytes(big) == max_message_bytes(big, "fp32")
+
+
+def test_a_header_that_is_not_an_object_says_so() -> None:
+    assert _detail(_join([], b"")) == "header is not a JSON object"  # type: ignore[arg-type]
+
+
+def test_an_int8_message_with_its_quant_table_last_decodes_the_same() -> None:
+    # The int8 codes, contiguous in schema order, are then followed by the table: reading
+    # them must stop where they end.
+    header, body = _split(GOOD["int8"])
+    start, end = header[QUANT_TENSOR]["data_offsets"]
+    table, codes = body[start:end], body[end:]
+    for spec in SCHEMA.specs:
+        a, b = header[spec.name]["data_offsets"]
+        header[spec.name]["data_offsets"] = [a - len(table), b - len(table)]
+    header[QUANT_TENSOR]["data_offsets"] = [len(codes), len(codes) + len(table)]
+    moved = decode(_join(header, codes + table), SCHEMA).flat
+    assert torch.equal(moved, decode(GOOD["int8"], SCHEMA).flat)
