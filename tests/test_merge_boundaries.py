@@ -127,7 +127,8 @@ def test_a_plugged_in_rule_sees_ages_in_float64() -> None:
         name: str = "newer"
 
         def weights(self, t_l: torch.Tensor, t_r: torch.Tensor) -> torch.Tensor:
-            return (t_r > t_l).to(torch.float64)
+            return (t_r >= t_l).to(torch.float64)
 
     assert Newer().weight(2**25, 2**25 + 1) == 1.0
-    assert Newer().weight(2**25 + 1, 2**25) == 0.0
+    assert Newer().weight(2**25 + 1, 2**25) == 0.0  # float32 would round 2**25 + 1 down
+    assert Newer().weight(2**25 + 1, 2**25 + 1) == 1.0
