@@ -139,7 +139,9 @@ def _quantize(flat: torch.Tensor, schema: ModelSchema) -> tuple[torch.Tensor, to
             quant[i] = torch.tensor([1.0, 0.0])
             continue
         lo, hi = torch.aminmax(seg)
-        scale = (hi - lo) / 255.0 if bool(hi > lo) else torch.ones((), dtype=torch.float32)
+        scale = (hi - lo) / 255.0
+        if not bool(scale > 0):  # a constant tensor, or a range so small its scale underflows
+            scale = torch.ones((), dtype=torch.float32)
         buf = scratch[: seg.numel()]
         torch.sub(seg, lo, out=buf).div_(scale).round_().clamp_(0, 255).sub_(128)
         q[o[i] : o[i + 1]].copy_(buf)

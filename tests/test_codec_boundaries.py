@@ -895,3 +895,14 @@ def test_an_int8_message_with_its_quant_table_last_decodes_the_same() -> None:
     header[QUANT_TENSOR]["data_offsets"] = [len(codes), len(codes) + len(table)]
     moved = decode(_join(header, codes + table), SCHEMA).flat
     assert torch.equal(moved, decode(GOOD["int8"], SCHEMA).flat)
+
+
+def test_int8_of_a_range_too_small_for_a_scale_still_decodes() -> None:
+    # Found by the round-trip property under mutation testing: (hi - lo) / 255 underflows
+    # to 0 for a range of one subnormal, and the encoder wrote a scale its own decoder
+    # refuses (non_finite).
+    schema = ModelSchema((TensorSpec("w", (2,)),))
+    flat = torch.tensor([0.0, 1.401298464324817e-45])
+    meta = MessageMeta("s", 1, "n0nce", 0.0, schema.hash, "int8")
+    out = decode(encode(flat, schema, meta), schema).flat
+    assert torch.allclose(out, flat, atol=1e-44, rtol=0)
