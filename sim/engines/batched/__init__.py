@@ -62,6 +62,30 @@ def unsupported(config: SimConfig) -> str | None:
     return None
 
 
+def _learning_rates(
+    config: SimConfig,
+    lr: float,
+    lr_schedule: LRSchedule,
+    schedule: Schedule,
+    parts: list[np.ndarray],
+) -> Callable[[np.ndarray], np.ndarray]:
+    """TRAIN events -> ``[k, steps]`` learning rates: step ``s`` of a round that starts at
+    age ``t`` runs at ``lr * factor(t + s * batch)``, as the peer's learner computes it."""
+    steps = config.local_steps
+    if lr_schedule.kind == "constant":
+        return lambda events: np.full((len(events), steps), lr)
+    batch = np.array([min(config.batch_size, len(p)) for p in parts], dtype=np.int64)
+    factor = lr_schedule.factor
+
+    def rates(events: np.ndarray) -> np.ndarray:
+        start = schedule.age_before[events]
+        b = batch[schedule.events.peer[events]]
+        ages = start[:, None] + np.arange(steps)[None, :] * b[:, None]
+        return np.array([[lr * factor(a) for a in row] for row in ages.tolist()])
+
+    return rates
+
+
 def _model_supported(module: nn.Module) -> str | None:
     for m in module.modules():
         if isinstance(m, nn.Dropout | nn.modules.batchnorm._BatchNorm | nn.RNNBase):
@@ -131,6 +155,7 @@ def run_batched(
     )
     plan = plan_waves(schedule, config.peers)
     schedule_s = time.perf_counter() - start
+    lrs = _learning_rates(config, learner_cfg.lr, lr_schedule, schedule, parts)
     stacked = StackedPeers(
         module, init, parts, data.x_train, data.y_train, config.batch_size,
         config.weight_decay, plan.pool_size, device,
@@ -172,7 +197,7 @@ def run_batched(
     for wave in plan.waves:
         for index in wave.evals_before:
             evaluate(index)
-        stacked.run_wave(wave, schedule)
+        stacked.run_wave(wave, schedule, lrs)
     for index in plan.evals_after:
         evaluate(index)
     run = BatchedRun(

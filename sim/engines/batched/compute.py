@@ -18,10 +18,12 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from gossip.state import exchanged_tensors
+from sim.engines.batched.kernels import DenseStack
 from sim.engines.batched.schedule import Schedule
 from sim.engines.batched.waves import Wave
 
 Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+LearningRates = Callable[[np.ndarray], np.ndarray]  # TRAIN events -> [k, steps] rates
 
 
 class StackedPeers:
@@ -58,7 +60,26 @@ class StackedPeers:
                 idx[i, : len(p)] = torch.as_tensor(p)
                 mask[i, : len(p)] = 1.0
         self.rows, self.mask = idx.to(device), mask.to(device)
+        self.minibatch = np.array([0 < batch_size < s for s in sizes], dtype=bool)
+        # Dense stacks (logreg, mlp) get the hand-written kernel; anything else vmap(grad).
+        self.dense = DenseStack.of(self.module, [name for name, _, _ in self.specs])
         self._grad = vmap(grad(self._loss))
+        # A wave runs in chunks of rows through two preallocated [chunk, P] buffers (about
+        # 8 MB each): a fresh [B, P] temporary per operation costs page faults on every
+        # touch once it is large (an mlp wave of 2,000 peers: 450 MB per temporary).
+        numel = self.W.shape[1]
+        self.chunk = max(16, (1 << 21) // max(numel, 1))
+        self.wbuf = torch.empty(self.chunk, numel, device=device)
+        self.gbuf = torch.empty(self.chunk, numel, device=device)
+
+    def gradient(
+        self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, m: torch.Tensor
+    ) -> torch.Tensor:
+        """``[B, P]``: each row's gradient of its mean loss on its rows ``x`` ``[B, T, ...]``."""
+        if self.dense is not None:
+            out = self.gbuf[: w.shape[0]] if w.shape[0] <= self.chunk else None
+            return self.dense.grad(w, x.reshape(x.shape[0], x.shape[1], -1), y, m, out=out)
+        return self._flat(self._grad(self._params(w), x, y, m), len(w))
 
     def _params(self, flats: torch.Tensor) -> dict[str, torch.Tensor]:
         """The rows ``[B, P]`` as a dict of ``[B, *shape]`` views, one per tensor. (Slicing a
@@ -84,6 +105,8 @@ class StackedPeers:
 
     def logits(self, flats: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, classes]``: each of the B models on the same inputs."""
+        if self.dense is not None:
+            return self.dense.logits(flats, x.reshape(x.shape[0], -1))
         out: torch.Tensor = vmap(lambda p: functional_call(self.module, p, (x,)))(
             self._params(flats)
         )
@@ -91,50 +114,65 @@ class StackedPeers:
 
     # ------------------------------------------------------------------ one wave
 
-    def run_wave(self, wave: Wave, schedule: Schedule) -> None:
-        dev = self.device
-        if wave.merge_peer:
-            dst = torch.tensor(wave.merge_peer, device=dev)
-            slot = torch.tensor(wave.merge_slot, device=dev)
-            a = torch.tensor(wave.merge_weight, dtype=self.W.dtype, device=dev).unsqueeze(1)
-            rows = self.W.index_select(0, dst)
-            rows.lerp_(self.pool.index_select(0, slot), a)
-            self.W.index_copy_(0, dst, rows)
-        if wave.train_peer:
-            self._train(wave, schedule)
-        if wave.send_peer:
-            src = torch.tensor(wave.send_peer, device=dev)
-            slot = torch.tensor(wave.send_slot, device=dev)
-            self.pool.index_copy_(0, slot, self.W.index_select(0, src))
+    def _chunks(self, count: int) -> list[slice]:
+        return [slice(i, min(i + self.chunk, count)) for i in range(0, count, self.chunk)]
 
-    def _train(self, wave: Wave, schedule: Schedule) -> None:
+    def run_wave(self, wave: Wave, schedule: Schedule, lrs: LearningRates) -> None:
+        dev = self.device
+        if len(wave.merge_peer):
+            dst_all = torch.from_numpy(wave.merge_peer).to(dev)
+            slot_all = torch.from_numpy(wave.merge_slot).to(dev)
+            a_all = torch.from_numpy(wave.merge_weight).to(dev, self.W.dtype).unsqueeze(1)
+            for c in self._chunks(len(dst_all)):
+                dst, k = dst_all[c], c.stop - c.start
+                rows, theirs = self.wbuf[:k], self.gbuf[:k]
+                torch.index_select(self.W, 0, dst, out=rows)
+                torch.index_select(self.pool, 0, slot_all[c], out=theirs)
+                rows.lerp_(theirs, a_all[c])
+                self.W.index_copy_(0, dst, rows)
+        if len(wave.train_peer):
+            self._train(wave, schedule, lrs)
+        if len(wave.send_peer):
+            src_all = torch.from_numpy(wave.send_peer).to(dev)
+            slot_all = torch.from_numpy(wave.send_slot).to(dev)
+            for c in self._chunks(len(src_all)):
+                rows = self.wbuf[: c.stop - c.start]
+                torch.index_select(self.W, 0, src_all[c], out=rows)
+                self.pool.index_copy_(0, slot_all[c], rows)
+
+    def _train(self, wave: Wave, schedule: Schedule, lrs: LearningRates) -> None:
         steps = schedule.steps
-        full = [(p, op) for p, op in zip(wave.train_peer, wave.train_op, strict=True)
-                if op not in schedule.rows]  # fmt: skip
-        mini = [(p, op) for p, op in zip(wave.train_peer, wave.train_op, strict=True)
-                if op in schedule.rows]  # fmt: skip
-        for group, minibatch in ((full, False), (mini, True)):
-            if not group:
+        mini = self.minibatch[wave.train_peer]
+        for pick, minibatch in ((~mini, False), (mini, True)):
+            if not pick.any():
                 continue
-            peers = torch.tensor([p for p, _ in group], device=self.device)
-            lrs = torch.tensor(
-                [[schedule.lrs[schedule.arg[op] + s] for s in range(steps)] for _, op in group],
-                dtype=self.W.dtype, device=self.device,
-            )  # fmt: skip
-            w = self.W.index_select(0, peers)
-            for s in range(steps):
+            events_all = wave.train_event[pick]
+            peers_all = torch.from_numpy(wave.train_peer[pick]).to(self.device)
+            rates_all = torch.from_numpy(lrs(events_all)).to(self.device, self.W.dtype)
+            for c in self._chunks(len(peers_all)):
+                peers, rates, k = peers_all[c], rates_all[c], c.stop - c.start
+                w = self.wbuf[:k]
+                torch.index_select(self.W, 0, peers, out=w)
                 if minibatch:
-                    rows = torch.stack([schedule.rows[op][s] for _, op in group]).to(self.device)
-                    mask = torch.ones(rows.shape, device=self.device)
-                else:
-                    rows, mask = self.rows.index_select(0, peers), self.mask.index_select(0, peers)
-                g = self._flat(
-                    self._grad(self._params(w), self.x[rows], self.y[rows], mask), len(w)
-                )
-                if self.weight_decay:
-                    g = g.add(w, alpha=self.weight_decay)
-                w = w - lrs[:, s : s + 1] * g
-            self.W.index_copy_(0, peers, w)
+                    batch = torch.stack(
+                        [schedule.rows[e] for e in events_all[c].tolist()]
+                    ).to(self.device)  # fmt: skip
+                for s in range(steps):
+                    if minibatch:
+                        rows = batch[:, s]
+                        mask = torch.ones(rows.shape, device=self.device)
+                    else:
+                        rows = self.rows.index_select(0, peers)
+                        mask = self.mask.index_select(0, peers)
+                    # index_select, not x[rows]: advanced indexing is 7x slower on CPU here.
+                    flat = rows.reshape(-1)
+                    xs = self.x.index_select(0, flat).view(*rows.shape, *self.x.shape[1:])
+                    ys = self.y.index_select(0, flat).view(rows.shape)
+                    g = self.gradient(w, xs, ys, mask)
+                    if self.weight_decay:
+                        g.add_(w, alpha=self.weight_decay)
+                    w.addcmul_(rates[:, s : s + 1], g, value=-1.0)
+                self.W.index_copy_(0, peers, w)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -147,7 +185,9 @@ class StackedPeers:
         n = len(y)
         if n == 0 or not peers:
             return np.full(len(peers), np.nan), np.full(len(peers), np.nan)
-        chunk = chunk or max(1, (1 << 22) // max(n, 1))
+        # Rows per chunk so that the widest activation ([chunk, n, width]) stays ~16 MB.
+        width = self.dense.width if self.dense is not None else 16
+        chunk = chunk or max(1, (1 << 22) // max(n * width, 1))
         accs, losses = [], []
         idx = torch.as_tensor(list(peers), device=self.device)
         for start in range(0, len(idx), chunk):
@@ -168,8 +208,9 @@ class StackedPeers:
             0, torch.as_tensor(list(peers), device=self.device)
         )  # fmt: skip
         total = torch.zeros(rows.shape[1], dtype=torch.float64, device=self.device)
-        for start in range(0, rows.shape[0], 4096):
-            total += rows[start : start + 4096].double().sum(0)
+        step = self.chunk
+        for start in range(0, rows.shape[0], step):
+            total += rows[start : start + step].sum(0, dtype=torch.float64)
         return total / max(rows.shape[0], 1)
 
     @torch.no_grad()
@@ -182,8 +223,9 @@ class StackedPeers:
             return float("nan")
         mean = self.average(peers)
         sq = torch.zeros((), dtype=torch.float64, device=self.device)
-        for start in range(0, rows.shape[0], 4096):
-            diff = rows[start : start + 4096].double() - mean
+        step = self.chunk
+        for start in range(0, rows.shape[0], step):
+            diff = rows[start : start + step].double() - mean
             sq += (diff * diff).sum()
         return float(sq) / rows.shape[0]
 
@@ -198,6 +240,13 @@ class StackedPeers:
             self.W = saved
         return float(acc[0]), float(loss[0])
 
+    @torch.no_grad()
     def nonfinite_peers(self) -> list[int]:
-        bad = ~torch.isfinite(self.W).all(dim=1)
-        return bad.nonzero().flatten().tolist()
+        """The peers with a non-finite parameter. A row's sum is finite when all its entries
+        are (one streaming pass instead of a boolean [N, P]); rows whose sum is not are
+        checked entry by entry (a sum can overflow although every entry is finite)."""
+        suspect = (~torch.isfinite(self.W.sum(dim=1))).nonzero().flatten()
+        if len(suspect) == 0:
+            return []
+        rows = self.W.index_select(0, suspect)
+        return suspect[~torch.isfinite(rows).all(dim=1)].tolist()

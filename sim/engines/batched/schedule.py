@@ -4,9 +4,13 @@ tensors.
 In gossip learning *when* things happen never depends on the model values (DESIGN.md,
 "Batched engine"): who pushes to whom and when, delays, losses, partitions, and (with the
 screens off) every merge weight and age follow from the seed alone. This pass replays the
-asyncio engine's virtual-time event order exactly: one heap ordered by ``(when, sequence)``
-like :class:`sim.clock.VirtualTimeLoop`'s, times computed with the same float arithmetic
-(``now + delay``), and every random number drawn from the same stream in the same order:
+asyncio engine's virtual-time event order exactly, in two steps.
+
+**Events** (:func:`events`): the order in which rounds (a peer's timer: train, choose a
+target, push), deliveries and evaluation records happen, and what each random number drawn
+for them is. The asyncio engine orders its loop by ``(when, sequence)``, computes times with
+the same float arithmetic (``now + delay``) and draws every random number from fixed streams
+in a fixed order:
 
 * per peer, from its ``peer_stream`` generator: the first wait ``period * U``, then per round
   the sampler's choice and the jitter of the next wait;
@@ -14,11 +18,18 @@ like :class:`sim.clock.VirtualTimeLoop`'s, times computed with the same float ar
   then the delay;
 * per peer, from its CPU torch generator: the minibatch permutation once per local epoch.
 
-It tracks what the peers' counters and the network's accounting would say, ages and the age
-guard's credit (with the real :class:`~gossip.age_guard.AgeAllowance`), and emits the
-operations the compute pass executes: ``TRAIN`` (a peer's local steps with the learning rate
-of each), ``SEND`` (a snapshot of the sender's model that a later merge reads), ``MERGE``
-(with its weight) and ``EVAL`` (an evaluation point, with the counters at that instant).
+None of that depends on ages or models, so the events are computed first, and in bulk:
+every peer's draws at once from its raw PCG64 outputs (numpy's ``random()`` and its 32-bit
+Lemire ``integers()`` written out, checked against numpy itself at run time), every round's
+time by a cumulative sum, one sort of all events by time, the network's draws in the sorted
+order. Where that cannot reproduce the loop exactly (two events at the same instant, whose
+order the loop's sequence numbers decide; a rejected Lemire draw; a numpy whose streams
+differ), :func:`_events_heap` replays the loop itself, one event at a time.
+
+**State** (:func:`build_schedule`): one pass over the events in order tracks what the peers'
+counters and the network's accounting would say, the ages and the age guard's credit (with
+the real :class:`~gossip.age_guard.AgeAllowance`), every merge weight, and the wave of each
+operation (see :mod:`.waves`).
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gossip import seeding
 from gossip.age_guard import AgeAllowance, AgeGuard
 from gossip.merge import MERGE_RULES
 from gossip.schedule import LRSchedule
@@ -40,8 +52,10 @@ from gossip.seeding import peer_stream, peer_torch_seed
 from sim.config import SimConfig
 from sim.network import DelayModel, NetworkStats, PartitionEvent
 
-TRAIN, SEND, MERGE, EVAL = 0, 1, 2, 3
-_ROUND, _DELIVER, _RECORD = 0, 1, 2
+# Event kinds, and what a round's push became.
+ROUND, DELIVER, RECORD = 0, 1, 2
+NO_TARGET, IN_FLIGHT, PARTITIONED, LOST = 0, 1, 2, 3
+_TO_DOUBLE = 1.0 / 9007199254740992.0  # numpy's next_double: (raw >> 11) * 2**-53
 
 
 @dataclass
@@ -58,32 +72,46 @@ class Snapshot:
 
 
 @dataclass
-class Schedule:
-    """The operations of one run in virtual-time order (parallel lists, one entry per op).
+class Events:
+    """The run's events in processing order (parallel arrays).
 
-    kind: TRAIN / SEND / MERGE / EVAL. peer: the peer (EVAL: -1). arg: SEND and MERGE: the
-    message id; TRAIN: the index of its first learning rate in ``lrs``; EVAL: the index in
-    ``evals``. weight: MERGE: the received model's weight. ``rows``: per TRAIN op with
-    minibatches smaller than the shard, the dataset rows of each step (else None: the whole
-    shard, every step). ``used``: per message id, whether a merge reads it.
+    kind: ROUND / DELIVER / RECORD. peer: the peer (RECORD: -1). ref: ROUND: its target
+    (-1: none); DELIVER: the index of the round that sent it; RECORD: the evaluation's index.
+    outcome: ROUND: NO_TARGET / IN_FLIGHT / PARTITIONED / LOST. time: when it happens.
+    ``path`` says which path computed them: "bulk" or "heap".
     """
 
-    kind: list[int] = field(default_factory=list)
-    peer: list[int] = field(default_factory=list)
-    arg: list[int] = field(default_factory=list)
-    weight: list[float] = field(default_factory=list)
-    lrs: list[float] = field(default_factory=list)
-    rows: dict[int, list[torch.Tensor]] = field(default_factory=dict)
-    used: list[bool] = field(default_factory=list)
-    evals: list[Snapshot] = field(default_factory=list)
-    steps: int = 1
+    kind: np.ndarray
+    peer: np.ndarray
+    ref: np.ndarray
+    outcome: np.ndarray
+    time: np.ndarray
+    path: str
 
-    def add(self, kind: int, peer: int, arg: int, weight: float = 0.0) -> int:
-        self.kind.append(kind)
-        self.peer.append(peer)
-        self.arg.append(arg)
-        self.weight.append(weight)
-        return len(self.kind) - 1
+
+@dataclass
+class Schedule:
+    """What the compute pass needs, per operation (each array indexed by event).
+
+    A round that trains is a TRAIN in ``train_wave[e]`` (-1: none) with the age before it in
+    ``age_before[e]``; a round whose push is in flight takes a snapshot in ``send_wave[e]``
+    (read only when ``used[e]``); a delivery that merges is a MERGE in ``merge_wave[e]`` of
+    the round ``events.ref[e]``'s snapshot with ``merge_weight[e]``. ``eval_wave[k]``: the
+    wave evaluation ``k`` runs before.
+    """
+
+    events: Events
+    evals: list[Snapshot]
+    steps: int
+    train_wave: np.ndarray
+    age_before: np.ndarray
+    send_wave: np.ndarray
+    used: np.ndarray
+    merge_wave: np.ndarray
+    merge_weight: np.ndarray
+    eval_wave: np.ndarray
+    waves: int
+    rows: dict[int, torch.Tensor] = field(default_factory=dict)  # minibatch rows per TRAIN
 
 
 class _Batches:
@@ -115,6 +143,333 @@ def training_rate(config: SimConfig, n: int) -> tuple[float, float]:
     return updates * max(per_update, 1.0) / config.period, max(per_update, 1.0)
 
 
+def record_times(eval_times: Sequence[tuple[float, int]]) -> list[float]:
+    """When the evaluation coroutine records: at 0, then each ``now + max(0, t - now)``."""
+    out = [0.0]
+    for t, _ in eval_times[1:]:
+        now = out[-1]
+        out.append(now + max(0.0, t - now))
+    return out
+
+
+# ---------------------------------------------------------------------------------- events
+
+
+@dataclass
+class _Net:
+    """The network's part of the replay: delay model, loss, partitions, per-message extra."""
+
+    delay: DelayModel
+    loss: float
+    partitions: tuple[PartitionEvent, ...]
+    extra: float
+
+
+def events(
+    config: SimConfig,
+    neighbours: Sequence[Sequence[int]] | None,
+    message_bytes: int,
+    eval_times: Sequence[tuple[float, int]],
+) -> Events:
+    """The run's events; the bulk path where it is exact, else the heap replay."""
+    net = _Net(
+        DelayModel.parse(config.delay), config.loss,
+        PartitionEvent.parse_schedule(config.partitions),
+        message_bytes / config.bandwidth if config.bandwidth else 0.0,
+    )  # fmt: skip
+    records = record_times(eval_times)
+    fast = _events_bulk(config, neighbours, net, records)
+    if fast is not None:
+        return fast
+    return _events_heap(config, neighbours, net, records)
+
+
+def _view_sizes(n: int, neighbours: Sequence[Sequence[int]] | None) -> np.ndarray:
+    if neighbours is None:
+        return np.full(n, n - 1, dtype=np.int64)
+    return np.array([len(v) for v in neighbours], dtype=np.int64)
+
+
+def _peer_draws(
+    seed: int, sizes: np.ndarray, rounds: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Per peer: the first-wait uniform ``[N]``, the sampler's index ``[N, rounds]`` (into
+    the view; -1 where the view is empty) and the jitter uniform ``[N, rounds]``.
+
+    numpy's ``Generator.random()`` is ``(raw >> 11) * 2**-53`` of one 64-bit output;
+    ``integers(k)`` for ``2 <= k < 2**32`` is Lemire's method on one 32-bit half, and PCG64
+    hands out the low half of a fresh output first and keeps the high half for the next
+    32-bit request (``random()`` leaves it there). With per round one of each, a peer's
+    outputs are: first wait; then per two rounds ``[int halves, jitter, jitter]``. ``k == 1``
+    draws nothing (the answer is 0), nor does an empty view. A draw that Lemire rejects
+    (probability below ``k / 2**32``) sends that peer to numpy itself."""
+    n = len(sizes)
+    if n and int(sizes.max()) >= 2**32:
+        return None
+    pairs = -(-rounds // 2)
+    width = 1 + 3 * pairs
+    raw = np.empty((n, width), dtype=np.uint64)
+    for i in range(n):
+        k = int(sizes[i])
+        count = width if k >= 2 else 1 + rounds
+        raw[i, :count] = np.random.PCG64(peer_stream(seed, i)).random_raw(count)
+    first = (raw[:, 0] >> np.uint64(11)).astype(np.float64) * _TO_DOUBLE
+    r = np.arange(rounds)
+    int_col = 1 + 3 * (r // 2)
+    jit_col = 2 + 3 * (r // 2) + (r % 2)
+    choice = np.zeros((n, rounds), dtype=np.int64)
+    jitter_raw = np.empty((n, rounds), dtype=np.uint64)
+    draws = sizes >= 2
+    if draws.any():
+        rows = np.nonzero(draws)[0]
+        src = raw[np.ix_(rows, int_col)]
+        half = np.where(r % 2 == 0, src & np.uint64(0xFFFFFFFF), src >> np.uint64(32))
+        span = sizes[rows].astype(np.uint64)[:, None]
+        m = half * span  # < 2**64: half < 2**32 and span < 2**32
+        leftover = m & np.uint64(0xFFFFFFFF)
+        threshold = (np.uint64(2**32) - span) % span
+        rejected = (leftover < threshold).any(axis=1)
+        choice[rows] = (m >> np.uint64(32)).astype(np.int64)
+        jitter_raw[rows] = raw[np.ix_(rows, jit_col)]
+    else:
+        rejected = np.zeros(0, dtype=bool)
+        rows = np.zeros(0, dtype=np.int64)
+    quiet = np.nonzero(~draws)[0]
+    if len(quiet):
+        jitter_raw[quiet] = raw[quiet, 1 : 1 + rounds]
+        choice[quiet[sizes[quiet] == 0]] = -1
+    jitter = (jitter_raw >> np.uint64(11)).astype(np.float64) * _TO_DOUBLE
+    for i in rows[rejected].tolist():
+        first[i], choice[i], jitter[i] = _peer_draws_numpy(seed, i, int(sizes[i]), rounds)
+    if not _agrees_with_numpy(seed, sizes, first, choice, jitter):
+        return None
+    return first, choice, jitter
+
+
+def _peer_draws_numpy(
+    seed: int, index: int, k: int, rounds: int
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Peer ``index``'s draws through numpy's own calls, as the asyncio engine's peer makes
+    them (for the rare peer whose Lemire draw was rejected)."""
+    rng = np.random.default_rng(peer_stream(seed, index))
+    first = float(rng.random())
+    choice = np.empty(rounds, dtype=np.int64)
+    jitter = np.empty(rounds, dtype=np.float64)
+    for r in range(rounds):
+        choice[r] = int(rng.integers(k)) if k >= 1 else -1
+        jitter[r] = float(rng.random())
+    return first, choice, jitter
+
+
+def _agrees_with_numpy(
+    seed: int, sizes: np.ndarray, first: np.ndarray, choice: np.ndarray, jitter: np.ndarray
+) -> bool:
+    """Replays a few peers through numpy's calls and compares (a numpy whose streams differ
+    would otherwise go unnoticed)."""
+    n, rounds = choice.shape
+    for i in sorted({0, n // 2, n - 1}):
+        rng = np.random.default_rng(peer_stream(seed, i))
+        if float(rng.random()) != first[i]:
+            return False
+        k = int(sizes[i])
+        for r in range(min(rounds, 6)):
+            c = int(rng.integers(k)) if k >= 1 else -1
+            if c != choice[i, r] or float(rng.random()) != jitter[i, r]:
+                return False
+    return True
+
+
+def _events_bulk(
+    config: SimConfig,
+    neighbours: Sequence[Sequence[int]] | None,
+    net: _Net,
+    records: list[float],
+) -> Events | None:
+    n = config.peers
+    period, jitter = config.period, config.jitter
+    end = records[-1]
+    if n == 0 or jitter >= 0.9 or net.delay.kind not in ("constant", "uniform", "exponential"):
+        return None
+    if net.loss > 0 and net.delay.kind == "exponential" and net.delay.a > 0:
+        return None
+    rounds = int(end / (period * (1.0 - jitter))) + 3
+    sizes = _view_sizes(n, neighbours)
+    draws = _peer_draws(config.seed, sizes, rounds)
+    if draws is None:
+        return None
+    first, choice, u = draws
+    # Round r of a peer happens at times[:, r]; the jitter drawn at round r sets round r+1.
+    steps = period * (1.0 + jitter * (2.0 * u - 1.0))
+    times = np.add.accumulate(np.concatenate([(period * first)[:, None], steps], axis=1), axis=1)
+    if np.any(times[:, rounds - 1] < end):
+        return None  # pragma: no cover - the bound above always covers the run
+    live = times[:, :rounds] < end
+    peer_of, round_of = np.nonzero(live)
+    r_time = times[peer_of, round_of]
+    order = np.argsort(r_time, kind="stable")
+    peer_of, round_of, r_time = peer_of[order], round_of[order], r_time[order]
+    pick = choice[peer_of, round_of]
+    if neighbours is None:
+        target = np.where(pick >= 0, pick + (pick >= peer_of), -1)
+    else:
+        # Every view end to end; a peer's k-th neighbour is flat[start + k].
+        flat = np.fromiter(itertools.chain.from_iterable(neighbours), np.int64, int(sizes.sum()))
+        starts = np.cumsum(sizes) - sizes
+        target = np.full(len(pick), -1, dtype=np.int64)
+        has = pick >= 0
+        target[has] = flat[starts[peer_of[has]] + pick[has]]
+    outcome = np.where(target >= 0, IN_FLIGHT, NO_TARGET).astype(np.int8)
+    for event in net.partitions:
+        block = -(-n // event.groups)
+        cut = (event.start <= r_time) & (r_time < event.end) & (peer_of // block != target // block)
+        outcome[(outcome == IN_FLIGHT) & cut] = PARTITIONED
+    # The network stream, in the order the pushes happen.
+    rng = seeding.generator(config.seed, seeding.NETWORK)
+    pushed = np.nonzero(outcome == IN_FLIGHT)[0]
+    delay = net.delay
+    if net.loss > 0:
+        doubles = rng.random(2 * len(pushed)).tolist()
+        low, span = delay.a, delay.b - delay.a
+        kept, delays, pos = [], [], 0
+        for j in pushed.tolist():
+            lost = doubles[pos] < net.loss
+            pos += 1
+            if lost:
+                outcome[j] = LOST
+                continue
+            if delay.kind == "uniform":
+                delays.append(low + span * doubles[pos])
+                pos += 1
+            else:
+                delays.append(delay.a if delay.kind == "constant" else 0.0)
+            kept.append(j)
+        pushed = np.asarray(kept, dtype=np.int64)
+        d = np.asarray(delays, dtype=np.float64)
+    elif delay.kind == "uniform":
+        d = rng.uniform(delay.a, delay.b, size=len(pushed))
+    elif delay.kind == "exponential" and delay.a > 0:
+        d = rng.exponential(delay.a, size=len(pushed))
+    else:
+        d = np.full(len(pushed), delay.a if delay.kind == "constant" else 0.0)
+    d_time = r_time[pushed] + (d + net.extra)
+    arrives = d_time < end
+    d_src, d_time = pushed[arrives], d_time[arrives]
+    d_peer = target[d_src]
+    # Every event, sorted by time; the first record (t = 0) comes before everything.
+    rec = np.asarray(records[1:], dtype=np.float64)
+    all_time = np.concatenate([r_time, d_time, rec])
+    kinds = np.concatenate([
+        np.full(len(r_time), ROUND, np.int8), np.full(len(d_time), DELIVER, np.int8),
+        np.full(len(rec), RECORD, np.int8),
+    ])  # fmt: skip
+    order = np.argsort(all_time, kind="stable")
+    sorted_time = all_time[order]
+    if len(sorted_time) > 1 and np.any(sorted_time[1:] == sorted_time[:-1]):
+        return None  # two events at one instant: the loop's sequence numbers order them
+    if len(rec) and sorted_time[-1] != rec[-1]:
+        return None  # pragma: no cover - every other event is before the last record
+    # Positions: round j -> its index in the sorted events.
+    position = np.empty(len(order), dtype=np.int64)
+    position[order] = np.arange(len(order)) + 1  # + 1: the first record is event 0
+    nd = len(d_time)
+    peer = np.concatenate([peer_of, d_peer, np.full(len(rec), -1)])[order]
+    ref = np.concatenate([target, position[d_src], np.arange(1, len(rec) + 1)])[order]
+    out = np.concatenate([outcome, np.zeros(nd + len(rec), np.int8)])[order]
+    return Events(
+        np.concatenate([[RECORD], kinds[order]]).astype(np.int8),
+        np.concatenate([[-1], peer]).astype(np.int64),
+        np.concatenate([[0], ref]).astype(np.int64),
+        np.concatenate([[NO_TARGET], out]).astype(np.int8),
+        np.concatenate([[0.0], sorted_time]),
+        "bulk",
+    )
+
+
+def _events_heap(
+    config: SimConfig,
+    neighbours: Sequence[Sequence[int]] | None,
+    net: _Net,
+    records: list[float],
+) -> Events:
+    """The event loop itself: a heap ordered by ``(when, sequence)``, one event at a time."""
+    n = config.peers
+    rngs = [np.random.default_rng(peer_stream(config.seed, i)) for i in range(n)]
+    randoms = [r.random for r in rngs]
+    integers = [r.integers for r in rngs]
+    net_rng = seeding.generator(config.seed, seeding.NETWORK)
+    net_random = net_rng.random
+    delay, loss, partitions, extra = net.delay, net.loss, net.partitions, net.extra
+    period, jitter = config.period, config.jitter
+    others = n - 1
+
+    def partitioned(src: int, dst: int, now: float) -> bool:
+        for event in partitions:
+            if event.start <= now < event.end:
+                block = -(-n // event.groups)
+                if src // block != dst // block:
+                    return True
+        return False
+
+    heap: list[tuple[float, int, int, int, int]] = []  # (when, seq, what, peer, ref)
+    seq = itertools.count()
+    for i in range(n):
+        heapq.heappush(heap, (0.0 + period * float(randoms[i]()), next(seq), ROUND, i, -1))
+    kind, peer, ref, outcome, when = [RECORD], [-1], [0], [NO_TARGET], [0.0]
+    if len(records) > 1:
+        heapq.heappush(heap, (records[1], next(seq), RECORD, -1, 1))
+    pop, push = heapq.heappop, heapq.heappush
+    while heap:
+        now, _, what, i, r = pop(heap)
+        if what == ROUND:
+            if neighbours is None:
+                target = -1
+                if others > 0:
+                    k = int(integers[i](others))
+                    target = k + (k >= i)
+            else:
+                view = neighbours[i]
+                target = view[int(integers[i](len(view)))] if view else -1
+            if target < 0:
+                out = NO_TARGET
+            elif partitions and partitioned(i, target, now):
+                out = PARTITIONED
+            elif loss > 0 and float(net_random()) < loss:
+                out = LOST
+            else:
+                out = IN_FLIGHT
+                push(heap, (now + (delay.sample(net_rng) + extra), next(seq), DELIVER, target,
+                            len(kind)))  # fmt: skip
+            kind.append(ROUND)
+            when.append(now)
+            peer.append(i)
+            ref.append(target)
+            outcome.append(out)
+            d = period * (1.0 + jitter * (2.0 * float(randoms[i]()) - 1.0))
+            push(heap, (now + d, next(seq), ROUND, i, -1))
+        elif what == DELIVER:
+            kind.append(DELIVER)
+            when.append(now)
+            peer.append(i)
+            ref.append(r)
+            outcome.append(NO_TARGET)
+        else:
+            kind.append(RECORD)
+            when.append(now)
+            peer.append(-1)
+            ref.append(r)
+            outcome.append(NO_TARGET)
+            if r + 1 == len(records):
+                break
+            push(heap, (records[r + 1], next(seq), RECORD, -1, r + 1))
+    return Events(
+        np.asarray(kind, np.int8), np.asarray(peer, np.int64), np.asarray(ref, np.int64),
+        np.asarray(outcome, np.int8), np.asarray(when, np.float64), "heap",
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------- state
+
+
 def build_schedule(
     config: SimConfig,
     parts: Sequence[np.ndarray],
@@ -123,157 +478,88 @@ def build_schedule(
     message_bytes: int,
     eval_times: Sequence[tuple[float, int]],
 ) -> Schedule:
-    """Replay the run's events; ``neighbours`` None means uniform sampling over all peers."""
-    n_peers = config.peers
-    seed = config.seed
-    rngs = [np.random.default_rng(peer_stream(seed, i)) for i in range(n_peers)]
-    from gossip import seeding
-    from gossip.seeding import generator
-
-    net_rng = generator(seed, seeding.NETWORK)
-    delay = DelayModel.parse(config.delay)
-    partitions = PartitionEvent.parse_schedule(config.partitions)
+    """Replay the run; ``neighbours`` None means uniform sampling over all peers."""
+    ev = events(config, neighbours, message_bytes, eval_times)
+    n = config.peers
     rule = MERGE_RULES[config.merge]
     merges_models = rule.merges
+    weight_of = rule.weight
     guard = AgeGuard(config.age_guard)
-    allowances = [guard.allowance(*training_rate(config, len(p))) for p in parts]
-    sizes = [len(p) for p in parts]
-    bsz = [min(config.batch_size, n) for n in sizes]
-    minibatch = [0 < b < n for b, n in zip(bsz, sizes, strict=True)]
-    batches = {
-        i: _Batches(torch.as_tensor(parts[i]), config.batch_size, peer_torch_seed(seed, i))
-        for i in range(n_peers)
-        if minibatch[i]
-    }
-    scheduled_lr = schedule.kind != "constant"
+    allowances: list[AgeAllowance] = [
+        guard.allowance(*training_rate(config, len(p))) for p in parts
+    ]
     steps = config.local_steps
+    sizes = [len(p) for p in parts]
+    bsz = [min(config.batch_size, s) for s in sizes]
+    trains = [steps > 0 and s > 0 for s in sizes]
+    inc = [steps * b if t else 0 for b, t in zip(bsz, trains, strict=True)]
 
-    out = Schedule(steps=steps)
-    ages = [0] * n_peers
-    stats = NetworkStats()
+    kind, peer, ref, outcome = (a.tolist() for a in (ev.kind, ev.peer, ev.ref, ev.outcome))
+    when = ev.time
+    size = len(kind)
+    train_wave = [-1] * size
+    age_before = [0] * size
+    send_wave = [-1] * size
+    msg_age = [0] * size
+    used = [False] * size
+    merge_wave = [-1] * size
+    merge_weight = [0.0] * size
+    eval_wave: list[int] = []
+    evals: list[Snapshot] = []
+    ages = [0] * n
+    wave_of = [0] * n
+    phase_of = [-1] * n
+    floor, top = 0, -1
+    sent = delivered = in_flight = 0
+    dropped: Counter[str] = Counter()
+    rejected: Counter[str] = Counter()
     merges = age_capped = train_steps = 0
-    period, jitter = config.period, config.jitter
-    loss = config.loss
-    bandwidth = config.bandwidth
-    block_cache: dict[int, int] = {}
-
-    def partitioned(src: int, dst: int, now: float) -> bool:
-        for event in partitions:
-            if event.start <= now < event.end:
-                block = block_cache.setdefault(event.groups, -(-n_peers // event.groups))
-                if src // block != dst // block:
-                    return True
-        return False
-
-    heap: list[tuple[float, int, int, int, int]] = []  # (when, seq, what, peer, message)
-    seq = itertools.count()
-    # t = 0: the peers start in index order and each draws its first wait; the evaluation
-    # coroutine records the initial state (asyncio.sleep(0) only yields).
-    for i in range(n_peers):
-        heapq.heappush(heap, (0.0 + period * float(rngs[i].random()), next(seq), _ROUND, i, -1))
-    messages: list[tuple[int, int]] = []  # message id -> (sender, age at send)
-    evals = list(eval_times)
-    now = 0.0
-    next_eval = 0
-
-    def record(at: float, p: int) -> None:
-        snap_net = NetworkStats(
-            stats.sent, stats.delivered, stats.in_flight, stats.bytes_sent,
-            Counter(stats.dropped), Counter(stats.rejected),
-        )  # fmt: skip
-        out.evals.append(
-            Snapshot(at, p, np.asarray(ages, dtype=np.int64), snap_net, merges, age_capped,
-                     train_steps)
-        )  # fmt: skip
-        out.add(EVAL, -1, len(out.evals) - 1)
-
-    # The first record happens at t = 0, before any timer fires.
-    record(0.0, evals[0][1])
-    next_eval = 1
-    if next_eval < len(evals):
-        t_next, _ = evals[next_eval]
-        heapq.heappush(heap, (now + max(0.0, t_next - now), next(seq), _RECORD, -1, -1))
-    # The hot loop: bound methods and local counters (this pass is pure Python per event).
-    pop, push = heapq.heappop, heapq.heappush
-    add_kind, add_peer, add_arg, add_weight = (
-        out.kind.append,
-        out.peer.append,
-        out.arg.append,
-        out.weight.append,
-    )
-    add_lr, add_used = out.lrs.append, out.used.append
-    randoms = [r.random for r in rngs]
-    integers = [r.integers for r in rngs]
-    net_random = net_rng.random
-    if delay.kind == "uniform":
-        uniform, low, high = net_rng.uniform, delay.a, delay.b
-
-        def sample_delay() -> float:
-            return float(uniform(low, high))
-    else:
-
-        def sample_delay() -> float:
-            return delay.sample(net_rng)
-
-    extra = message_bytes / bandwidth if bandwidth else 0.0
-    lr0 = config.lr
-    others = n_peers - 1
-    while heap:
-        when, _, what, i, msg = pop(heap)
-        now = when
-        if what == _ROUND:
-            # Train on the timer (the local steps with their learning rates), then push.
-            if steps > 0 and sizes[i] > 0:
-                b = bsz[i]
-                add_arg(len(out.lrs))
-                for s in range(steps):
-                    add_lr(lr0 * schedule.factor(ages[i] + s * b) if scheduled_lr else lr0)
-                add_kind(TRAIN)
-                add_peer(i)
-                add_weight(0.0)
-                if minibatch[i]:
-                    out.rows[len(out.kind) - 1] = [batches[i].next() for _ in range(steps)]
-                ages[i] += steps * b
+    rec_times = record_times(eval_times)
+    for e in range(size):
+        k = kind[e]
+        i = peer[e]
+        if k == ROUND:
+            if trains[i]:
+                w = wave_of[i] + (1 if phase_of[i] >= 1 else 0)
+                if w < floor:
+                    w = floor
+                wave_of[i], phase_of[i] = w, 1
+                if w > top:
+                    top = w
+                train_wave[e] = w
+                age_before[e] = ages[i]
+                ages[i] += inc[i]
                 train_steps += steps
-            # The sampler's choice (UniformSampler / NeighbourSampler by index: the same
-            # rng.integers(len(view)) draw on the same view, all others or the neighbours).
-            if neighbours is None:
-                target: int | None = None
-                if others > 0:
-                    k = int(integers[i](others))
-                    target = k + (k >= i)
+            o = outcome[e]
+            if o == NO_TARGET:
+                continue
+            sent += 1
+            if o == IN_FLIGHT:
+                in_flight += 1
+                msg_age[e] = ages[i]
+                w = wave_of[i] + (1 if phase_of[i] >= 2 else 0)
+                if w < floor:
+                    w = floor
+                wave_of[i], phase_of[i] = w, 2
+                if w > top:
+                    top = w
+                send_wave[e] = w
+            elif o == PARTITIONED:
+                dropped["partition"] += 1
             else:
-                view = neighbours[i]
-                target = view[int(integers[i](len(view)))] if view else None
-            if target is not None:
-                stats.sent += 1
-                stats.bytes_sent += message_bytes
-                if partitions and partitioned(i, target, now):
-                    stats.dropped["partition"] += 1
-                elif loss > 0 and float(net_random()) < loss:
-                    stats.dropped["loss"] += 1
-                else:
-                    stats.in_flight += 1
-                    m = len(messages)
-                    messages.append((i, ages[i]))
-                    add_used(False)
-                    add_kind(SEND)
-                    add_peer(i)
-                    add_arg(m)
-                    add_weight(0.0)
-                    push(heap, (now + (sample_delay() + extra), next(seq), _DELIVER, target, m))
-            d = period * (1.0 + jitter * (2.0 * float(randoms[i]()) - 1.0))
-            push(heap, (now + d, next(seq), _ROUND, i, -1))
-        elif what == _DELIVER:  # offered, queued, merged at once (inline compute takes no time)
-            stats.in_flight -= 1
-            t_r = messages[msg][1]
-            allowance: AgeAllowance = allowances[i]
+                dropped["loss"] += 1
+        elif k == DELIVER:
+            in_flight -= 1
+            s = ref[e]
+            t_r = msg_age[s]
+            allowance = allowances[i]
+            now = float(when[e]) if allowance.policy != "off" else 0.0
             if allowance.policy == "refuse":  # offer() checks it whatever the rule
                 reason = allowance.check(t_r, ages[i], now)[1]
                 if reason is not None:
-                    stats.rejected[reason] += 1
+                    rejected[reason] += 1
                     continue
-            stats.delivered += 1
+            delivered += 1
             if not merges_models:
                 continue
             before = ages[i]
@@ -285,29 +571,60 @@ def build_schedule(
             ages[i] = int(max(before, t_r))
             allowance.spend(before, ages[i])
             merges += 1
-            out.used[msg] = True
-            add_kind(MERGE)
-            add_peer(i)
-            add_arg(msg)
-            add_weight(rule.weight(before, t_r))
+            used[s] = True
+            w = wave_of[i] + (1 if phase_of[i] >= 0 else 0)
+            if w < floor:
+                w = floor
+            if w <= send_wave[s]:
+                w = send_wave[s] + 1
+            wave_of[i], phase_of[i] = w, 0
+            if w > top:
+                top = w
+            merge_wave[e] = w
+            merge_weight[e] = weight_of(before, t_r)
         else:
-            record(now, evals[next_eval][1])
-            next_eval += 1
-            if next_eval == len(evals):
-                break
-            t_next, _ = evals[next_eval]
-            push(heap, (now + max(0.0, t_next - now), next(seq), _RECORD, -1, -1))
-    if next_eval < len(evals):
+            r = ref[e]
+            evals.append(Snapshot(
+                rec_times[r], eval_times[r][1], np.asarray(ages, dtype=np.int64),
+                NetworkStats(sent, delivered, in_flight, sent_bytes(sent, message_bytes),
+                             Counter(dropped), Counter(rejected)),
+                merges, age_capped, train_steps,
+            ))  # fmt: skip
+            floor = top + 1
+            eval_wave.append(floor)
+    if len(evals) != len(eval_times):
         raise AssertionError("the schedule ended before its last evaluation")  # pragma: no cover
+    out = Schedule(
+        ev, evals, steps,
+        np.asarray(train_wave, np.int64), np.asarray(age_before, np.int64),
+        np.asarray(send_wave, np.int64), np.asarray(used, bool),
+        np.asarray(merge_wave, np.int64), np.asarray(merge_weight, np.float64),
+        np.asarray(eval_wave, np.int64), top + 1,
+    )  # fmt: skip
+    minibatch = [0 < b < s for b, s in zip(bsz, sizes, strict=True)]
+    if any(minibatch) and steps > 0:
+        batches = {
+            i: _Batches(torch.as_tensor(parts[i]), config.batch_size, peer_torch_seed(config.seed, i))
+            for i in range(n)
+            if minibatch[i]
+        }  # fmt: skip
+        for e in np.nonzero(out.train_wave >= 0)[0].tolist():
+            i = peer[e]
+            if minibatch[i]:
+                out.rows[e] = torch.stack([batches[i].next() for _ in range(steps)])
     return out
+
+
+def sent_bytes(sent: int, message_bytes: int) -> int:
+    return sent * message_bytes
 
 
 def describe(schedule: Schedule) -> dict[str, Any]:
     """Counts of each operation (for logs and tests)."""
-    counts = Counter(schedule.kind)
     return {
-        "train": counts[TRAIN],
-        "send": counts[SEND],
-        "merge": counts[MERGE],
-        "eval": counts[EVAL],
+        "train": int((schedule.train_wave >= 0).sum()),
+        "send": int((schedule.send_wave >= 0).sum()),
+        "merge": int((schedule.merge_wave >= 0).sum()),
+        "eval": len(schedule.evals),
+        "events": schedule.events.path,
     }

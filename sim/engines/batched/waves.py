@@ -3,36 +3,38 @@
 The trace is a dependency graph: each peer's operations in order, and each merge after the
 snapshot it reads was taken. A wave runs three phases over the stacked parameters: merges
 (each peer at most once), then training steps, then snapshots (``SEND``) into the pool of
-in-flight models. An operation goes into the earliest wave that keeps its peer's order and
-its phase after the peer's previous operation in that wave; a merge also waits for the wave
-after its snapshot's. An evaluation is a barrier: it runs between two waves, after every
-operation before it and before every one after it.
+in-flight models. The schedule pass (:func:`.schedule.build_schedule`) puts each operation
+in the earliest wave that keeps its peer's order and its phase after the peer's previous
+operation in that wave; a merge also waits for the wave after its snapshot's. An evaluation
+is a barrier: it runs between two waves, after every operation before it and before every
+one after it.
 
-Snapshot slots are assigned in wave order: a merge frees its slot, and a snapshot in the same
-or a later wave reuses it, so the pool holds only the models in flight *in wave order*.
-Only snapshots that some merge reads get a slot (a dropped or refused message needs none).
+Here the operations are grouped by wave (one stable sort per kind) and snapshot slots are
+assigned in wave order: a merge frees its slot, and a snapshot in the same or a later wave
+reuses it, so the pool holds only the models in flight *in wave order*. Only snapshots that
+some merge reads get a slot (a dropped or refused message needs none).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sim.engines.batched.schedule import EVAL, MERGE, SEND, TRAIN, Schedule
+import numpy as np
 
-_PHASE = {MERGE: 0, TRAIN: 1, SEND: 2}
+from sim.engines.batched.schedule import Schedule
 
 
 @dataclass
 class Wave:
-    """One wave: merges (peer, slot, weight), trains (peer, op), snapshots (peer, slot)."""
+    """One wave: merges (peer, slot, weight), trains (peer, event), snapshots (peer, slot)."""
 
-    merge_peer: list[int] = field(default_factory=list)
-    merge_slot: list[int] = field(default_factory=list)
-    merge_weight: list[float] = field(default_factory=list)
-    train_peer: list[int] = field(default_factory=list)
-    train_op: list[int] = field(default_factory=list)
-    send_peer: list[int] = field(default_factory=list)
-    send_slot: list[int] = field(default_factory=list)
+    merge_peer: np.ndarray
+    merge_slot: np.ndarray
+    merge_weight: np.ndarray
+    train_peer: np.ndarray
+    train_event: np.ndarray
+    send_peer: np.ndarray
+    send_slot: np.ndarray
     evals_before: list[int] = field(default_factory=list)
 
 
@@ -43,75 +45,72 @@ class Plan:
     pool_size: int
 
 
-def plan_waves(schedule: Schedule, peers: int) -> Plan:
-    kind, peer, arg, weight = schedule.kind, schedule.peer, schedule.arg, schedule.weight
-    wave_of_peer = [0] * peers
-    phase_of_peer = [-1] * peers
-    send_wave: dict[int, int] = {}
-    floor = 0  # no operation before this wave (the last evaluation barrier)
-    top = -1  # the highest wave used so far
-    waves: list[Wave] = []
-    pending_evals: list[int] = []
-    # Per wave, the message ids merged and sent (slots are assigned afterwards).
-    merged_msgs: list[list[int]] = []
-    sent_msgs: list[list[int]] = []
+def _by_wave(wave: np.ndarray, peer: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The events with ``wave >= 0`` sorted by wave, then by peer (a peer has at most one
+    operation of a kind per wave; in peer order the gathers and scatters of the stacked
+    rows walk memory forwards), and the bounds of each wave's run in that order."""
+    events = np.nonzero(wave >= 0)[0]
+    order = np.lexsort((peer[events], wave[events]))
+    events = events[order]
+    bounds = np.searchsorted(wave[events], np.arange(count + 1))
+    return events, bounds
 
-    def wave(w: int) -> Wave:
-        while len(waves) <= w:
-            waves.append(Wave())
-            merged_msgs.append([])
-            sent_msgs.append([])
-        return waves[w]
 
-    for op in range(len(kind)):
-        k = kind[op]
-        if k == EVAL:
-            # Every operation so far is in a wave <= top: the evaluation runs before wave
-            # top + 1, which the next operation opens (or after the last wave).
-            floor = top + 1
-            pending_evals.append(arg[op])
-            continue
-        if k == SEND and not schedule.used[arg[op]]:
-            continue
-        p = peer[op]
-        phase = _PHASE[k]
-        w = wave_of_peer[p] + (1 if phase <= phase_of_peer[p] else 0)
-        if w < floor:
-            w, phase_of_peer[p] = floor, -1
-        if k == MERGE:
-            w = max(w, send_wave[arg[op]] + 1)
-        wave_of_peer[p], phase_of_peer[p] = w, phase
-        target = wave(w)
-        if pending_evals:
-            # The first operation after a barrier opens the wave the evaluations precede.
-            wave(floor).evals_before.extend(pending_evals)
-            pending_evals = []
-        top = max(top, w)
-        if k == MERGE:
-            target.merge_peer.append(p)
-            target.merge_weight.append(weight[op])
-            merged_msgs[w].append(arg[op])
-        elif k == TRAIN:
-            target.train_peer.append(p)
-            target.train_op.append(op)
-        else:
-            target.send_peer.append(p)
-            send_wave[arg[op]] = w
-            sent_msgs[w].append(arg[op])
-    # Slots, in wave order: merges free theirs before the wave's snapshots take one.
+def assign_slots(schedule: Schedule) -> tuple[np.ndarray, int]:
+    """A pool slot per used snapshot (indexed by event; -1 elsewhere), and the pool size.
+
+    In wave order, a wave's merges free their slots before its snapshots take one (a free
+    list: this is interval colouring, inherently sequential, one list operation per
+    message)."""
+    sends = np.nonzero(schedule.used)[0]
+    slot = np.full(len(schedule.used), -1, dtype=np.int64)
+    if len(sends) == 0:
+        return slot, 0
+    merges = np.nonzero(schedule.merge_wave >= 0)[0]
+    src = schedule.events.ref[merges]
+    # One entry per allocation (send wave, 1) and per release (merge wave, 0), sorted.
+    waves = np.concatenate([schedule.send_wave[sends], schedule.merge_wave[merges]])
+    what = np.concatenate([np.ones(len(sends), np.int8), np.zeros(len(merges), np.int8)])
+    msg = np.concatenate([sends, src])
+    order = np.lexsort((what, waves))
     free: list[int] = []
-    slot_of: dict[int, int] = {}
     size = 0
-    for w, target in enumerate(waves):
-        for m in merged_msgs[w]:
-            target.merge_slot.append(slot_of[m])
-        for m in merged_msgs[w]:
-            free.append(slot_of.pop(m))
-        for m in sent_msgs[w]:
+    out = slot.tolist()
+    for allocate, m in zip(what[order].tolist(), msg[order].tolist(), strict=True):
+        if allocate:
             if free:
-                s = free.pop()
+                out[m] = free.pop()
             else:
-                s, size = size, size + 1
-            slot_of[m] = s
-            target.send_slot.append(s)
-    return Plan(waves, pending_evals, size)
+                out[m] = size
+                size += 1
+        else:
+            free.append(out[m])
+    return np.asarray(out, dtype=np.int64), size
+
+
+def plan_waves(schedule: Schedule, peers: int) -> Plan:
+    del peers
+    count = schedule.waves
+    peer = schedule.events.peer
+    slot, size = assign_slots(schedule)
+    merges, m_bounds = _by_wave(schedule.merge_wave, peer, count)
+    trains, t_bounds = _by_wave(schedule.train_wave, peer, count)
+    send_wave = np.where(schedule.used, schedule.send_wave, -1)
+    sends, s_bounds = _by_wave(send_wave, peer, count)
+    m_peer, m_slot = peer[merges], slot[schedule.events.ref[merges]]
+    m_weight = schedule.merge_weight[merges]
+    t_peer, s_peer, s_slot = peer[trains], peer[sends], slot[sends]
+    waves = []
+    for w in range(count):
+        m = slice(m_bounds[w], m_bounds[w + 1])
+        t = slice(t_bounds[w], t_bounds[w + 1])
+        s = slice(s_bounds[w], s_bounds[w + 1])
+        waves.append(Wave(m_peer[m], m_slot[m], m_weight[m], t_peer[t], trains[t],
+                          s_peer[s], s_slot[s]))  # fmt: skip
+    after: list[int] = []
+    for index, w in enumerate(schedule.eval_wave.tolist()):
+        if w < count:
+            waves[w].evals_before.append(index)
+        else:
+            after.append(index)
+    return Plan(waves, after, size)

@@ -1,0 +1,234 @@
+"""The batched engine's parts against their references: the bulk event pass against the
+event-by-event heap replay, the emulated numpy draws against numpy, the dense-stack kernel
+against ``vmap(grad(...))``, and the wave plan's invariants."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from sim.config import SimConfig
+from sim.engines.batched import schedule as S
+from sim.engines.batched.compute import StackedPeers
+from sim.engines.batched.kernels import DenseStack
+from sim.engines.batched.waves import plan_waves
+from sim.runner import evaluation_times
+
+BASE = SimConfig(peers=30, periods=15, eval_every=5, screen=0, screen_distance=0)
+
+
+def _net(config: SimConfig, message_bytes: int = 1000) -> S._Net:
+    return S._Net(
+        S.DelayModel.parse(config.delay), config.loss,
+        S.PartitionEvent.parse_schedule(config.partitions),
+        message_bytes / config.bandwidth if config.bandwidth else 0.0,
+    )  # fmt: skip
+
+
+def _both_paths(config: SimConfig, neighbours: Any = None) -> tuple[S.Events | None, S.Events]:
+    records = S.record_times(evaluation_times(config))
+    bulk = S._events_bulk(config, neighbours, _net(config), records)
+    heap = S._events_heap(config, neighbours, _net(config), records)
+    return bulk, heap
+
+
+def _assert_equal(a: S.Events, b: S.Events) -> None:
+    for name in ("kind", "peer", "ref", "outcome", "time"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.shape == y.shape, name
+        assert np.array_equal(x, y), name
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"loss": 0.2},
+        {"delay": "0.05"},
+        {"delay": "exponential:0.05"},
+        {"partitions": "split:3:8"},
+        {"partitions": "split:3:8:3", "loss": 0.3},
+        {"jitter": 0.0},
+        {"peers": 2},
+        {"bandwidth": 1e5},
+        {"seed": 7, "peers": 200},
+        {"delay": "uniform:0.5:3"},
+        {"period": 0.3, "jitter": 0.5},
+        {"eval_every": 1},
+        {"loss": 0.9, "delay": "uniform:0:0.01"},
+    ],
+    ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "defaults",
+)
+def test_the_bulk_events_are_the_heap_replays(kw: dict[str, Any]) -> None:
+    bulk, heap = _both_paths(dataclasses.replace(BASE, **kw))
+    assert bulk is not None, "this configuration should take the bulk path"
+    _assert_equal(bulk, heap)
+    assert (heap.kind == S.DELIVER).sum() > 0
+
+
+@pytest.mark.parametrize(
+    "graph",
+    [nx.cycle_graph(30), nx.star_graph(29), nx.gnp_random_graph(30, 0.05, seed=1)],
+    ids=["ring", "star (29 views of one)", "sparse (empty views)"],
+)
+def test_the_bulk_events_follow_topology_views(graph: nx.Graph) -> None:
+    views = [sorted(graph.neighbors(i)) for i in range(30)]
+    bulk, heap = _both_paths(dataclasses.replace(BASE, sampler="neighbours"), views)
+    assert bulk is not None
+    _assert_equal(bulk, heap)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"jitter": 0.0, "delay": "0"},  # a push lands at the instant of another's timer
+        {"delay": "0", "loss": 0.5},
+        {"delay": "exponential:0.05", "loss": 0.1},  # draws interleave two distributions
+    ],
+)
+def test_where_the_bulk_path_cannot_be_exact_the_heap_runs(kw: dict[str, Any]) -> None:
+    config = dataclasses.replace(BASE, **kw)
+    bulk, _ = _both_paths(config)
+    assert bulk is None
+    ev = S.events(config, None, 1000, evaluation_times(config))
+    assert ev.path == "heap"
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3, 7, 1000, 999_983, 2**31 + 5])
+def test_the_emulated_peer_draws_are_numpys(k: int) -> None:
+    # 2**31 + 5 rejects about half of its Lemire draws: those peers go through numpy itself.
+    sizes = np.full(9, k, dtype=np.int64)
+    draws = S._peer_draws(11, sizes, 25)
+    assert draws is not None
+    first, choice, jitter = draws
+    for i in range(9):
+        f, c, j = S._peer_draws_numpy(11, i, k, 25)
+        assert first[i] == f
+        assert np.array_equal(choice[i], c)
+        assert np.array_equal(jitter[i], j)
+
+
+def test_a_wrong_emulation_is_caught_at_run_time() -> None:
+    sizes = np.full(5, 10, dtype=np.int64)
+    first, choice, jitter = S._peer_draws(0, sizes, 8)  # type: ignore[misc]
+    assert S._agrees_with_numpy(0, sizes, first, choice, jitter)
+    choice[0, 3] = (choice[0, 3] + 1) % 10
+    assert not S._agrees_with_numpy(0, sizes, first, choice, jitter)
+
+
+def _stack(module: nn.Module) -> DenseStack | None:
+    return DenseStack.of(module, [name for name, _ in module.named_parameters()])
+
+
+@pytest.mark.parametrize("hidden", [0, 1, 2])
+def test_the_dense_kernel_is_vmap_grad(hidden: int) -> None:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = 12
+    for _ in range(hidden):
+        layers += [nn.Linear(width, 9), nn.ReLU()]
+        width = 9
+    module = nn.Sequential(*layers, nn.Linear(width, 5))
+    stack = _stack(module)
+    assert stack is not None
+    specs = [(n, p.shape, p.numel()) for n, p in module.named_parameters()]
+    b, t = 7, 6
+    w = torch.randn(b, stack.numel) * 0.5
+    x = torch.randn(b, t, 3, 4)
+    y = torch.randint(0, 5, (b, t))
+    m = torch.ones(b, t)
+    m[2, 4:] = 0.0  # a padded peer
+
+    def params(flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, o = {}, 0
+        for name, shape, numel in specs:
+            out[name] = flat[:, o : o + numel].view(flat.shape[0], *shape)
+            o += numel
+        return out
+
+    def loss(
+        p: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor
+    ) -> torch.Tensor:
+        ce = nn.functional.cross_entropy(functional_call(module, p, (xb,)), yb, reduction="none")
+        return (ce * mb).sum() / mb.sum()
+
+    want = vmap(grad(loss))(params(w), x, y, m)
+    flat = torch.cat([want[n].reshape(b, -1) for n, _, _ in specs], dim=1)
+    got = stack.grad(w, x.reshape(b, t, -1), y, m)
+    assert torch.allclose(got, flat, atol=1e-6, rtol=1e-5)
+    logits = stack.logits(w, x[0].reshape(t, -1))
+    ref = vmap(lambda p: functional_call(module, p, (x[0],)))(params(w))
+    assert torch.allclose(logits, ref, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        nn.Sequential(nn.Flatten(), nn.Conv2d(1, 2, 3)),
+        nn.Sequential(nn.ReLU(), nn.Linear(4, 2)),
+        nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)),
+        nn.Sequential(nn.Linear(4, 3), nn.Flatten(), nn.Linear(3, 2)),
+        nn.Sequential(nn.Flatten()),
+        nn.Linear(4, 2),
+    ],
+)
+def test_only_dense_stacks_get_the_kernel(module: nn.Module) -> None:
+    assert _stack(module) is None
+
+
+def test_a_linear_without_bias_is_a_dense_stack() -> None:
+    module = nn.Sequential(nn.Linear(4, 3, bias=False), nn.ReLU(), nn.Linear(3, 2))
+    stack = _stack(module)
+    assert stack is not None and stack.numel == 12 + 6 + 2
+
+
+def test_nonfinite_peers_finds_nan_and_inf_but_not_a_large_finite_row() -> None:
+    class Rows:
+        W = torch.randn(6, 5)
+
+    Rows.W[1, 2] = float("nan")
+    Rows.W[3, 0] = float("-inf")
+    Rows.W[4, :] = 3e38  # its sum overflows; every entry is finite
+    assert StackedPeers.nonfinite_peers(Rows()) == [1, 3]  # type: ignore[arg-type]
+
+
+def test_the_wave_plan_keeps_every_dependency() -> None:
+    config = dataclasses.replace(BASE, peers=40, loss=0.1, delay="uniform:0.01:2")
+    parts = [np.arange(i * 4, i * 4 + 4) for i in range(40)]
+    sched = S.build_schedule(
+        config, parts, None, S.LRSchedule.parse("constant"), 1000, evaluation_times(config)
+    )
+    plan = plan_waves(sched, 40)
+    ev = sched.events
+    # A merge runs in a later wave than the snapshot it reads.
+    merges = np.nonzero(sched.merge_wave >= 0)[0]
+    assert len(merges) > 0
+    assert np.all(sched.merge_wave[merges] > sched.send_wave[ev.ref[merges]])
+    # Each peer's operations keep their order (wave, phase merge < train < send).
+    for p in range(40):
+        ops = []
+        for e in np.nonzero(ev.peer == p)[0]:
+            for wave, phase in ((sched.merge_wave[e], 0), (sched.train_wave[e], 1),
+                                (sched.send_wave[e], 2)):  # fmt: skip
+                if wave >= 0:
+                    ops.append((int(wave), phase))
+        assert ops == sorted(ops) and len(set(ops)) == len(ops)
+    # At most one operation of a kind per peer per wave; slots never shared while in flight.
+    live: dict[int, int] = {}
+    for w, wave in enumerate(plan.waves):
+        for kind in (wave.merge_peer, wave.train_peer, wave.send_peer):
+            assert len(set(kind.tolist())) == len(kind)
+        for slot in wave.merge_slot.tolist():
+            assert live.pop(slot) < w
+        for slot in wave.send_slot.tolist():
+            assert slot not in live
+            live[slot] = w
+    assert not live  # every used snapshot was merged
+    assert plan.pool_size <= int(sched.used.sum())
