@@ -232,3 +232,20 @@ def test_the_wave_plan_keeps_every_dependency() -> None:
             live[slot] = w
     assert not live  # every used snapshot was merged
     assert plan.pool_size <= int(sched.used.sum())
+
+
+def test_the_state_pass_in_short_segments_is_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = dataclasses.replace(BASE, peers=25, loss=0.1, age_guard="refuse")
+    parts = [np.arange(i * 4, i * 4 + 4) for i in range(25)]
+
+    def run() -> S.Schedule:
+        return S.build_schedule(
+            config, parts, None, S.LRSchedule.parse("constant"), 1000, evaluation_times(config)
+        )
+
+    whole = run()
+    monkeypatch.setattr(S, "_SEGMENT", 7)
+    pieces = run()
+    for name in ("train_wave", "age_before", "send_wave", "used", "merge_wave", "merge_weight"):
+        assert np.array_equal(getattr(whole, name), getattr(pieces, name)), name
+    assert [e.ages.tolist() for e in whole.evals] == [e.ages.tolist() for e in pieces.evals]
