@@ -53,13 +53,20 @@ class StackedPeers:
         width = max([min(batch_size, s) for s in sizes] + [1])
         # Peers whose whole shard is one batch: their rows, padded, with a mask of real rows.
         self.full = torch.tensor([0 < s <= batch_size for s in sizes], device=device)
-        idx = torch.zeros(n, width, dtype=torch.long)
-        mask = torch.zeros(n, width)
-        for i, p in enumerate(parts):
-            if 0 < len(p) <= batch_size:
-                idx[i, : len(p)] = torch.as_tensor(p)
-                mask[i, : len(p)] = 1.0
-        self.rows, self.mask = idx.to(device), mask.to(device)
+        # (Scattered in one numpy step: a loop over 1,000,000 shards took 10 s.)
+        count = np.array(sizes, dtype=np.int64)
+        whole = (count > 0) & (count <= batch_size)
+        idx = np.zeros((n, width), dtype=np.int64)
+        mask = np.zeros((n, width), dtype=np.float32)
+        if whole.any():
+            peers = np.nonzero(whole)[0]
+            rows = np.concatenate([np.asarray(parts[i], dtype=np.int64) for i in peers.tolist()])
+            owner = np.repeat(peers, count[peers])
+            column = np.arange(len(rows)) - np.repeat(np.cumsum(count[peers]) - count[peers],
+                                                      count[peers])  # fmt: skip
+            idx[owner, column] = rows
+            mask[owner, column] = 1.0
+        self.rows, self.mask = torch.from_numpy(idx).to(device), torch.from_numpy(mask).to(device)
         self.minibatch = np.array([0 < batch_size < s for s in sizes], dtype=bool)
         # Dense stacks (logreg, mlp) get the hand-written kernel; anything else vmap(grad).
         self.dense = DenseStack.of(self.module, [name for name, _, _ in self.specs])

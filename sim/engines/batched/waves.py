@@ -59,33 +59,36 @@ def _by_wave(wave: np.ndarray, peer: np.ndarray, count: int) -> tuple[np.ndarray
 def assign_slots(schedule: Schedule) -> tuple[np.ndarray, int]:
     """A pool slot per used snapshot (indexed by event; -1 elsewhere), and the pool size.
 
-    In wave order, a wave's merges free their slots before its snapshots take one (a free
-    list: this is interval colouring, inherently sequential, one list operation per
-    message)."""
-    sends = np.nonzero(schedule.used)[0]
+    In wave order, a wave's merges free their slots before its snapshots take one: a stack
+    of free slots, popped and pushed a whole wave at a time (a few numpy operations per
+    wave instead of a Python step per message: 10 s at 1,000,000 peers)."""
     slot = np.full(len(schedule.used), -1, dtype=np.int64)
+    sends = np.nonzero(schedule.used)[0]
     if len(sends) == 0:
         return slot, 0
+    count = schedule.waves
     merges = np.nonzero(schedule.merge_wave >= 0)[0]
-    src = schedule.events.ref[merges]
-    # One entry per allocation (send wave, 1) and per release (merge wave, 0), sorted.
-    waves = np.concatenate([schedule.send_wave[sends], schedule.merge_wave[merges]])
-    what = np.concatenate([np.ones(len(sends), np.int8), np.zeros(len(merges), np.int8)])
-    msg = np.concatenate([sends, src])
-    order = np.lexsort((what, waves))
-    free: list[int] = []
+    merges = merges[np.argsort(schedule.merge_wave[merges], kind="stable")]
+    m_bounds = np.searchsorted(schedule.merge_wave[merges], np.arange(count + 1))
+    merged_msg = schedule.events.ref[merges]
+    sends = sends[np.argsort(schedule.send_wave[sends], kind="stable")]
+    s_bounds = np.searchsorted(schedule.send_wave[sends], np.arange(count + 1))
+    free = np.zeros(0, dtype=np.int64)
     size = 0
-    out = slot.tolist()
-    for allocate, m in zip(what[order].tolist(), msg[order].tolist(), strict=True):
-        if allocate:
-            if free:
-                out[m] = free.pop()
-            else:
-                out[m] = size
-                size += 1
-        else:
-            free.append(out[m])
-    return np.asarray(out, dtype=np.int64), size
+    for w in range(count):
+        released = slot[merged_msg[m_bounds[w] : m_bounds[w + 1]]]
+        if len(released):
+            free = np.concatenate([free, released])
+        taking = sends[s_bounds[w] : s_bounds[w + 1]]
+        k = len(taking)
+        if k == 0:
+            continue
+        reuse = min(k, len(free))
+        fresh = np.arange(size, size + k - reuse, dtype=np.int64)
+        size += k - reuse
+        slot[taking] = np.concatenate([free[len(free) - reuse :], fresh])
+        free = free[: len(free) - reuse]
+    return slot, size
 
 
 def plan_waves(schedule: Schedule, peers: int) -> Plan:
