@@ -19,8 +19,13 @@ Medians of ``--repeat`` interleaved runs; asyncio is skipped above ``--asyncio-m
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,7 +60,35 @@ def engine_rate(model: str, peers: int, periods: int, engine: str) -> dict[str, 
     result = run_simulation(config(model, peers, periods, engine), dataset=data)
     wall = time.perf_counter() - start
     merges = result.final["merges"]
-    return {"rate": merges / wall, "wall": wall, "updates": merges}
+    out = {"rate": merges / wall, "wall": wall, "updates": merges}
+    if engine == "batched":
+        run = result.world
+        numel = run.peers_state.W.shape[1]  # type: ignore[union-attr]
+        out["in_flight_per_peer"] = run.pool_size / peers  # type: ignore[union-attr]
+        out["model_bytes"] = 4 * numel
+    return out
+
+
+def measure(kind: str, model: str, peers: int, periods: int) -> dict[str, Any]:
+    """One measurement in a fresh process (so that one run's memory never inflates the
+    next's, and a run that does not fit is reported instead of killing the benchmark)."""
+    command = [sys.executable, __file__, "--one", json.dumps([kind, model, peers, periods])]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        why = "killed (out of memory?)" if done.returncode < 0 else done.stderr.strip()[-200:]
+        return {"error": why}
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _one(spec: str) -> None:
+    kind, model, peers, periods = json.loads(spec)
+    torch.set_num_threads(1)
+    if kind in ("asyncio", "batched"):
+        out: dict[str, Any] = engine_rate(model, peers, periods, kind)
+    else:
+        out = {"rate": limit_rate(model, peers, 10, kind)}
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
 
 
 def limit_rate(model: str, peers: int, iterations: int, kernel: str) -> float:
@@ -83,8 +116,10 @@ def limit_rate(model: str, peers: int, iterations: int, kernel: str) -> float:
     onehot = nn.functional.one_hot(y, 10).float()
     dense = DenseStack.of(module, [n for n, _, _ in specs])
     mask = torch.ones(peers, SAMPLES_PER_PEER)
-    start = time.perf_counter()
-    for _ in range(iterations):
+    start = 0.0
+    for it in range(iterations + 1):  # the first is a warm-up (vmap imports torch._dynamo)
+        if it == 1:
+            start = time.perf_counter()
         if kernel == "vmap":
             grads = g_fn(params(w), x, y)
             g = torch.cat([grads[n].reshape(peers, -1) for n, _, _ in specs], dim=1)
@@ -106,48 +141,66 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["logreg", "mlp"])
     parser.add_argument("--peers", nargs="+", type=int, default=[1000, 10000])
-    parser.add_argument("--periods", type=int, default=20)
+    parser.add_argument("--periods", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--asyncio-max", type=int, default=10000)
+    parser.add_argument("--limit-max", type=int, default=100000, help="no limit loop above")
+    parser.add_argument("--out", default="runs/bench-engine.jsonl", help="JSON Lines, a row each")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    if args.one:
+        _one(args.one)
+        return
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     table = Table(title=f"engines, {args.periods} periods, medians of {args.repeat} (updates/s)")
     for col in ("model", "peers", "asyncio", "batched", "batched / asyncio", "limit (vmap)",
                 "limit (dense)", "limit (by hand)", "batched / limit", "wall asyncio s",
-                "wall batched s"):  # fmt: skip
+                "wall batched s", "µs / update", "in flight / peer", "RSS asyncio MiB",
+                "RSS batched MiB"):  # fmt: skip
         table.add_column(col, justify="right")
-    rows: list[dict[str, Any]] = []
     for model in args.models:
         for n in args.peers:
-            runs: dict[str, list[dict[str, float]]] = {"asyncio": [], "batched": []}
-            limits: dict[str, list[float]] = {"vmap": [], "dense": [], "kernel": []}
-            for _ in range(args.repeat):  # interleaved
-                if n <= args.asyncio_max:
-                    runs["asyncio"].append(engine_rate(model, n, args.periods, "asyncio"))
-                runs["batched"].append(engine_rate(model, n, args.periods, "batched"))
-                limits["vmap"].append(limit_rate(model, n, 10, "vmap"))
-                limits["dense"].append(limit_rate(model, n, 10, "dense"))
-                if model == "logreg":
-                    limits["kernel"].append(limit_rate(model, n, 10, "kernel"))
-                console.print(f"  {model} {n}: done one repeat", style="dim")
-            med = {
-                k: statistics.median(r["rate"] for r in v) if v else None for k, v in runs.items()
-            }
-            wall = {
-                k: statistics.median(r["wall"] for r in v) if v else None for k, v in runs.items()
-            }
-            lim = {k: statistics.median(v) if v else None for k, v in limits.items()}
-            best = max(x for x in lim.values() if x)
-            rows.append(
-                {"model": model, "peers": n, **med, **{f"limit_{k}": v for k, v in lim.items()}}
-            )
+            kinds = ["batched"] + (["asyncio"] if n <= args.asyncio_max else [])
+            if n <= args.limit_max:
+                kinds += ["vmap", "dense"] + (["kernel"] if model == "logreg" else [])
+            runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+            for r in range(args.repeat):  # interleaved
+                for kind in kinds:
+                    runs[kind].append(measure(kind, model, n, args.periods))
+                console.print(f"  {model} {n}: repeat {r + 1} of {args.repeat}", style="dim")
+            row = _row(model, n, runs)
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            best = max([row[f"limit_{k}"] or 0 for k in ("vmap", "dense", "kernel")]) or None
             table.add_row(
-                model, f"{n:,}", _f(med["asyncio"]), _f(med["batched"]),
-                _r(med["batched"], med["asyncio"]), _f(lim["vmap"]), _f(lim["dense"]),
-                _f(lim["kernel"]),
-                _r(med["batched"], best), _f(wall["asyncio"], 1), _f(wall["batched"], 1),
+                model, f"{n:,}", _f(row["asyncio"]), _f(row["batched"]),
+                _r(row["batched"], row["asyncio"]), _f(row["limit_vmap"]), _f(row["limit_dense"]),
+                _f(row["limit_kernel"]), _r(row["batched"], best), _f(row["wall_asyncio"], 1),
+                _f(row["wall_batched"], 1),
+                _f(1e6 / row["batched"] if row["batched"] else None, 1),
+                _f(row["in_flight_per_peer"], 2), _f(row["rss_asyncio"]), _f(row["rss_batched"]),
             )  # fmt: skip
+            console.print(f"  {json.dumps(row)}", style="dim")
     console.print(table)
+    console.print(f"rows in {out}")
+
+
+def _row(model: str, n: int, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    def med(kind: str, key: str) -> float | None:
+        values = [r[key] for r in runs.get(kind, []) if key in r]
+        return statistics.median(values) if values else None
+
+    errors = {k: r["error"] for k, v in runs.items() for r in v if "error" in r}
+    return {
+        "model": model, "peers": n, "asyncio": med("asyncio", "rate"),
+        "batched": med("batched", "rate"), "limit_vmap": med("vmap", "rate"),
+        "limit_dense": med("dense", "rate"), "limit_kernel": med("kernel", "rate"),
+        "wall_asyncio": med("asyncio", "wall"), "wall_batched": med("batched", "wall"),
+        "in_flight_per_peer": med("batched", "in_flight_per_peer"),
+        "rss_asyncio": med("asyncio", "peak_rss_mib"), "rss_batched": med("batched", "peak_rss_mib"),
+        "errors": errors,
+    }  # fmt: skip
 
 
 def _f(x: float | None, digits: int = 0) -> str:
