@@ -15,6 +15,9 @@ PARTITION, TOPOLOGY, NETWORK, CHURN, EVALUATION = range(5)
 _FIRST_PEER = 5
 # Keys above every peer index (ids derive node indices below 2**33): who attacks.
 ATTACK = 1 << 40
+# Peer i's view-exchange choices (Cyclon, Newscast): key SAMPLING_FIRST + i, apart from its
+# gossip stream so that turning a dynamic sampler on changes nothing else a peer draws.
+SAMPLING_FIRST = 1 << 41
 
 
 def stream(seed: int, key: int) -> np.random.SeedSequence:

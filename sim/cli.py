@@ -146,6 +146,62 @@ def centralized(
 
 
 @app.command()
+def overlay(
+    peers: Annotated[int, typer.Option(help="peers in the overlay")] = 1000,
+    sampler: Annotated[str, typer.Option(help="cyclon:C:L or newscast:C")] = "cyclon:20:5",
+    bootstrap: Annotated[str, typer.Option(help="topology of the initial views")] = "ring",
+    cycles: Annotated[int, typer.Option(help="view-exchange cycles")] = 50,
+    seed: Annotated[int, typer.Option(help="the one seed")] = 0,
+    loss: Annotated[float, typer.Option(help="probability a request or reply is lost")] = 0.0,
+    crash: Annotated[float, typer.Option(help="fraction of peers that crash")] = 0.0,
+    crash_at: Annotated[int, typer.Option(help="the cycle before which they crash")] = 0,
+    attacker: Annotated[
+        bool, typer.Option(help="peer 0 answers every exchange with itself")
+    ] = False,
+    attempts: Annotated[int, typer.Option(help="exchange tries a cycle after failures")] = 3,
+    pushes: Annotated[int, typer.Option(help="model pushes a cycle to view members")] = 0,
+    out: OutOpt = None,
+) -> None:
+    """Peer sampling on its own: how a dynamic overlay (Cyclon, Newscast) evolves, heals and
+    resists a hub attacker, cycle by cycle; writes metrics.jsonl, config.json, summary.json."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sim.overlay import OverlayConfig, run_overlay, write_overlay_run
+
+    console = Console()
+    try:
+        config = OverlayConfig(peers, sampler, bootstrap, cycles, seed, loss, crash, crash_at,
+                               attacker, attempts, pushes)  # fmt: skip
+        every = max(1, cycles // 10)
+
+        def show(cycle: int, r: dict[str, Any]) -> None:
+            if cycle % every == 0 or cycle == cycles:
+                console.print(
+                    f"  cycle {cycle:4d}: in-degree std {r['view_indegree_std']:.2f}, dead links "
+                    f"{r['view_dead_links']:.1%}, components {r['overlay_components']}",
+                    style="dim", highlight=False,
+                )  # fmt: skip
+
+        records = run_overlay(config, progress=show)
+        target = out or _default_out("overlay")
+        summary = write_overlay_run(config, records, target)
+    except GossipError as e:
+        _fail(e)
+    final = summary["final"]
+    table = Table(title=f"overlay {sampler}, {peers} peers, {cycles} cycles -> {target}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("view_size_mean", "view_indegree_mean", "view_indegree_std", "view_dead_links",
+                "overlay_components", "overlay_clustering", "attacker_share"):  # fmt: skip
+        table.add_row(key, f"{final[key]:.4g}")
+    table.add_row("random c-out in-degree std", f"{summary['random_out_indegree_std']:.4g}")
+    if summary["cycles_to_heal"] is not None or crash > 0:
+        table.add_row("cycles to < 1% dead links", str(summary["cycles_to_heal"]))
+    console.print(table)
+
+
+@app.command()
 def topologies() -> None:
     """List the topologies and their parameters."""
     from sim.topology import TOPOLOGIES

@@ -1,0 +1,264 @@
+"""Cyclon (Voulgaris, Gavidia, van Steen, 2005) and Newscast (Jelasity et al., 2003/2007):
+gossip-based peer sampling over partial views, as pure state machines.
+
+Both keep a view of at most ``c`` descriptors and gossip targets are drawn uniformly from
+it. Each exchange cycle a peer calls :meth:`start_exchange`, the runtime carries the
+request to the target, which answers it with :meth:`handle_request`, and the reply comes
+back to :meth:`handle_reply`. A target that cannot be reached is dropped from the view
+(:meth:`report_failure`), so dead peers leave views as exchanges with them fail.
+
+* **Cyclon** ages every entry by one, picks the *oldest* entry Q, removes it and sends Q its
+  own fresh descriptor plus ``l - 1`` random others. Q answers with ``l`` random entries of
+  its own. Each side then adds what it received (never itself, never a peer it already
+  holds), filling empty slots first and then replacing the entries it sent. The oldest-first
+  choice bounds how long a dead peer's descriptor can survive, and the swap keeps every
+  peer's in-degree close to ``c``.
+* **Newscast** ages every entry by one, sends a random view member its whole view plus its
+  own fresh descriptor; both sides keep the ``c`` freshest descriptors of the union (one per
+  peer, the freshest).
+
+Safety (see :func:`sampling.views.check_exchange`): a message that carries more than the
+sampler's own exchange length, the same peer twice, a stale sender or a fresh claim about
+another peer is refused and counted in ``refused``; a reply nobody asked for is ignored.
+Received entries never replace more than the exchange length, so a peer that answers every
+exchange with only itself holds at most one entry of each view it reaches.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from sampling.base import PeerSampler
+from sampling.views import Descriptor, ExchangeRefused, ViewExchange, check_exchange
+
+
+class _ViewSampler(PeerSampler):
+    """What Cyclon and Newscast share: the view, target selection, failure handling."""
+
+    name = "view"
+
+    def __init__(
+        self,
+        me: Descriptor,
+        seeds: Iterable[Descriptor],
+        rng: np.random.Generator,
+        view_size: int,
+        exchange: int,
+    ) -> None:
+        if view_size < 1 or not 1 <= exchange <= view_size:
+            raise ValueError(
+                f"view size {view_size} and exchange length {exchange}: need 1 <= l <= c"
+            )
+        self.me = me.at_age(0)
+        self.c = view_size
+        self.l = exchange
+        self.rng = rng
+        self.view: dict[str, Descriptor] = {}
+        for d in seeds:
+            if d.peer_id != me.peer_id and d.peer_id not in self.view and len(self.view) < self.c:
+                self.view[d.peer_id] = self._heard(d)
+        self.pending: dict[str, tuple[str, ...]] = {}
+        self.refused: Counter[str] = Counter()
+        self.exchanges = 0
+
+    # ----------------------------------------------------------------- PeerSampler
+
+    @property
+    def self_id(self) -> str:
+        return self.me.peer_id
+
+    def known_peers(self) -> Sequence[str]:
+        return tuple(self.view)
+
+    def select(self) -> str | None:
+        if not self.view:
+            return None
+        ids = tuple(self.view)
+        return ids[int(self.rng.integers(len(ids)))]
+
+    def report_failure(self, peer_id: str) -> None:
+        """A peer we could not reach leaves the view (and any exchange with it is over)."""
+        self.view.pop(peer_id, None)
+        self.pending.pop(peer_id, None)
+
+    def descriptors(self) -> list[Descriptor]:
+        return list(self.view.values())
+
+    # ----------------------------------------------------------------- the exchange
+
+    def start_exchange(self) -> tuple[str, ViewExchange] | None:
+        """The next exchange: (target, request), or None with an empty view."""
+        raise NotImplementedError
+
+    def handle_request(
+        self, msg: ViewExchange, sender_id: str | None = None
+    ) -> ViewExchange | None:
+        """Answer a request (None: refused) and take in what it brought."""
+        raise NotImplementedError
+
+    def handle_reply(self, msg: ViewExchange, sender_id: str | None = None) -> bool:
+        """Take in the answer to our request (False: unasked or refused)."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- helpers
+
+    def _sample(self, candidates: list[Descriptor], k: int) -> list[Descriptor]:
+        if k <= 0 or not candidates:
+            return []
+        if k >= len(candidates):
+            picks = self.rng.permutation(len(candidates))
+        else:
+            picks = self.rng.choice(len(candidates), size=k, replace=False)
+        return [candidates[int(i)] for i in picks]
+
+    def _check(self, msg: ViewExchange, sender_id: str | None) -> bool:
+        try:
+            check_exchange(msg, self.l, sender_id)
+        except ExchangeRefused as refused:
+            self.refused[refused.reason] += 1
+            return False
+        return True
+
+    def _age_all(self) -> None:
+        self.view = {k: d.aged() for k, d in self.view.items()}
+
+    @staticmethod
+    def _heard(d: Descriptor) -> Descriptor:
+        """A descriptor as held by another peer: at least one hop old (only its owner sends
+        age 0, so a view never holds, or passes on, another peer's age-0 descriptor)."""
+        return d if d.age > 0 else d.at_age(1)
+
+
+class CyclonSampler(_ViewSampler):
+    """Cyclon with view size ``c`` and shuffle length ``l``."""
+
+    name = "cyclon"
+
+    def __init__(
+        self,
+        me: Descriptor,
+        seeds: Iterable[Descriptor],
+        rng: np.random.Generator,
+        view_size: int = 20,
+        shuffle: int = 5,
+    ) -> None:
+        super().__init__(me, seeds, rng, view_size, shuffle)
+
+    def start_exchange(self) -> tuple[str, ViewExchange] | None:
+        """The next shuffle: (target, request), or None with an empty view."""
+        if not self.view:
+            return None
+        self._age_all()
+        oldest = max(self.view.values(), key=lambda d: d.age)
+        del self.view[oldest.peer_id]
+        others = self._sample(list(self.view.values()), self.l - 1)
+        self.pending[oldest.peer_id] = tuple(d.peer_id for d in others)
+        self.exchanges += 1
+        return oldest.peer_id, ViewExchange(self.me, (self.me, *others))
+
+    def handle_request(
+        self, msg: ViewExchange, sender_id: str | None = None
+    ) -> ViewExchange | None:
+        """Answer a shuffle with ``l`` random entries, then take in what it brought."""
+        if msg.reply or not self._check(msg, sender_id):
+            if msg.reply:
+                self.refused["unexpected_reply"] += 1
+            return None
+        candidates = [d for d in self.view.values() if d.peer_id != msg.sender.peer_id]
+        answer = self._sample(candidates, self.l)
+        self._merge(msg.entries, [d.peer_id for d in answer])
+        return ViewExchange(self.me, tuple(answer), reply=True)
+
+    def handle_reply(self, msg: ViewExchange, sender_id: str | None = None) -> bool:
+        """Take in the answer of the peer we shuffled with (an unasked reply is ignored)."""
+        source = sender_id if sender_id is not None else msg.sender.peer_id
+        if not msg.reply or source not in self.pending:
+            self.refused["unexpected_reply"] += 1
+            return False
+        if not self._check(msg, sender_id):
+            self.pending.pop(source, None)
+            return False
+        sent = list(self.pending.pop(source))
+        self._merge(msg.entries, sent)
+        return True
+
+    def _merge(self, received: Iterable[Descriptor], sent: list[str]) -> None:
+        for d in received:
+            if d.peer_id == self.me.peer_id or d.peer_id in self.view:
+                continue
+            if len(self.view) < self.c:
+                self.view[d.peer_id] = self._heard(d)
+                continue
+            while sent and sent[0] not in self.view:
+                sent.pop(0)
+            if not sent:
+                break
+            del self.view[sent.pop(0)]
+            self.view[d.peer_id] = self._heard(d)
+
+
+class NewscastSampler(_ViewSampler):
+    """Newscast with view size ``c``: each exchange merges whole views, keeping the freshest."""
+
+    name = "newscast"
+
+    def __init__(
+        self,
+        me: Descriptor,
+        seeds: Iterable[Descriptor],
+        rng: np.random.Generator,
+        view_size: int = 20,
+    ) -> None:
+        super().__init__(me, seeds, rng, view_size, view_size)
+
+    def start_exchange(self) -> tuple[str, ViewExchange] | None:
+        if not self.view:
+            return None
+        self._age_all()
+        target = self.select()
+        assert target is not None
+        self.pending[target] = ()
+        self.exchanges += 1
+        entries = [d for d in self.view.values() if d.peer_id != target][: self.c - 1]
+        return target, ViewExchange(self.me, (self.me, *entries))
+
+    def handle_request(
+        self, msg: ViewExchange, sender_id: str | None = None
+    ) -> ViewExchange | None:
+        if msg.reply or not self._check(msg, sender_id):
+            if msg.reply:
+                self.refused["unexpected_reply"] += 1
+            return None
+        mine = [d for d in self.view.values() if d.peer_id != msg.sender.peer_id][: self.c - 1]
+        answer = ViewExchange(self.me, (self.me, *mine), reply=True)
+        self._merge(msg.entries)
+        return answer
+
+    def handle_reply(self, msg: ViewExchange, sender_id: str | None = None) -> bool:
+        source = sender_id if sender_id is not None else msg.sender.peer_id
+        if not msg.reply or source not in self.pending:
+            self.refused["unexpected_reply"] += 1
+            return False
+        del self.pending[source]
+        if not self._check(msg, sender_id):
+            return False
+        self._merge(msg.entries)
+        return True
+
+    def _merge(self, received: Iterable[Descriptor]) -> None:
+        best = dict(self.view)
+        for d in received:
+            if d.peer_id == self.me.peer_id:
+                continue
+            d = self._heard(d)
+            held = best.get(d.peer_id)
+            if held is None or d.age < held.age:
+                best[d.peer_id] = d
+        # The c freshest; ties broken at random (not by id, which an attacker could choose).
+        items = list(best.values())
+        order = self.rng.permutation(len(items))
+        ranked = sorted((items[int(i)] for i in order), key=lambda d: d.age)
+        self.view = {d.peer_id: d for d in ranked[: self.c]}
