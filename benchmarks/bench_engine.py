@@ -8,8 +8,10 @@ update: one received model merged; every peer also takes one SGD step per period
 time including the build, and their ratio. The **limit** is a bare batched loop without any
 gossip: every iteration, one SGD step for all N peers plus one ``lerp`` of every row toward
 another row, i.e. N updates, the step computed three ways: ``vmap(grad(functional_call))``,
-the engine's own dense-stack kernel, and for logreg a kernel written out in the loop (two
-``bmm``). ``batched / limit`` is against the fastest of them.
+the engine's own dense-stack kernel (in chunks of rows through preallocated buffers, as the
+engine runs it), and for logreg a kernel written out in the loop (two ``bmm``).
+``batched / limit`` is against the fastest of them. Every measurement runs in a fresh
+process; rows go to ``--out`` (JSON Lines) as they finish.
 Medians of ``--repeat`` interleaved runs; asyncio is skipped above ``--asyncio-max`` peers.
 
     python benchmarks/bench_engine.py
@@ -116,6 +118,10 @@ def limit_rate(model: str, peers: int, iterations: int, kernel: str) -> float:
     onehot = nn.functional.one_hot(y, 10).float()
     dense = DenseStack.of(module, [n for n, _, _ in specs])
     mask = torch.ones(peers, SAMPLES_PER_PEER)
+    # Chunks of rows through two preallocated buffers (as the engine does): a fresh [N, P]
+    # temporary per operation page-faults once it is large (an mlp at 1,000 peers: 220 MB).
+    chunk = max(16, (1 << 21) // width)
+    gbuf, pbuf = torch.empty(chunk, width), torch.empty(chunk, width)
     start = 0.0
     for it in range(iterations + 1):  # the first is a warm-up (vmap imports torch._dynamo)
         if it == 1:
@@ -123,9 +129,16 @@ def limit_rate(model: str, peers: int, iterations: int, kernel: str) -> float:
         if kernel == "vmap":
             grads = g_fn(params(w), x, y)
             g = torch.cat([grads[n].reshape(peers, -1) for n, _, _ in specs], dim=1)
-        elif kernel == "dense":  # the engine's own kernel for Linear/ReLU stacks
+        elif kernel == "dense":  # the engine's own kernel, in chunks through fixed buffers
             assert dense is not None
-            g = dense.grad(w, x, y, mask)
+            for lo in range(0, peers, chunk):
+                hi = min(lo + chunk, peers)
+                rows, k = w[lo:hi], hi - lo
+                g = dense.grad(rows, x[lo:hi], y[lo:hi], mask[lo:hi], out=gbuf[:k])
+                rows.add_(g, alpha=-0.1)
+                torch.index_select(w, 0, partner[lo:hi], out=pbuf[:k])
+                rows.lerp_(pbuf[:k], 0.5)
+            continue
         else:  # logreg by hand: logits = x W^T + b, dL/dlogits = (softmax - onehot) / n
             weight = w[:, :640].view(peers, 10, 64)
             logits = torch.baddbmm(w[:, 640:].unsqueeze(1), x, weight.transpose(1, 2))
@@ -146,6 +159,8 @@ def main() -> None:
     parser.add_argument("--asyncio-max", type=int, default=10000)
     parser.add_argument("--limit-max", type=int, default=100000, help="no limit loop above")
     parser.add_argument("--out", default="runs/bench-engine.jsonl", help="JSON Lines, a row each")
+    parser.add_argument("--kinds", nargs="+", default=["batched", "asyncio", "vmap", "dense",
+                        "kernel"], help="which measurements (engines and limit loops)")  # fmt: skip
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -164,6 +179,7 @@ def main() -> None:
             kinds = ["batched"] + (["asyncio"] if n <= args.asyncio_max else [])
             if n <= args.limit_max:
                 kinds += ["vmap", "dense"] + (["kernel"] if model == "logreg" else [])
+            kinds = [k for k in kinds if k in args.kinds]
             runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
             for r in range(args.repeat):  # interleaved
                 for kind in kinds:
