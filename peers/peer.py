@@ -35,6 +35,8 @@ from gossip.robust.merger import Merger, parse_merge_spec
 from gossip.robust.screen import DistanceScreen, NormScreen
 from peers.transport import ModelMessage, ModelSnapshot, SendOutcome, Transport
 from sampling.base import PeerSampler
+from sampling.cyclon import ViewSampler
+from sampling.views import ViewExchange
 
 T = TypeVar("T")
 log = logging.getLogger("gossip.peer")
@@ -68,6 +70,7 @@ class PeerConfig:
 
     period: float = 1.0
     jitter: float = 0.1
+    sample_period: float = 0.0
     mode: str = "push"
     merge: str = "age-weighted"
     local_steps: int = 1
@@ -84,6 +87,10 @@ class PeerConfig:
     attack: str = "none"
 
     def __post_init__(self) -> None:
+        if not self.sample_period >= 0:
+            raise ConfigError(
+                f"sample period must be >= 0 (0: the gossip period), got {self.sample_period}"
+            )
         if not self.period > 0:
             raise ConfigError(f"gossip period must be positive, got {self.period}")
         if not 0 <= self.jitter < 1:
@@ -129,6 +136,9 @@ class PeerCounters:
     errors: int = 0
     train_steps: int = 0
     samples_trained: int = 0
+    view_exchanges: int = 0  # peer sampling: exchanges started,
+    view_failed: int = 0  # of which unanswered (the target left the view),
+    view_requests: int = 0  # and requests answered for others
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {k: v for k, v in vars(self).items() if k != "rejected"}
@@ -240,6 +250,10 @@ class Peer:
             asyncio.create_task(self._gossip_loop(), name=f"gossip:{self.peer_id}"),
             asyncio.create_task(self._inbox_loop(), name=f"inbox:{self.peer_id}"),
         ]
+        if isinstance(self.sampler, ViewSampler):
+            self._tasks.append(
+                asyncio.create_task(self._sampling_loop(), name=f"sampling:{self.peer_id}")
+            )
 
     async def stop(self) -> None:
         """Stop gossiping (a crash or a departure): pending inbox messages are lost, the
@@ -479,6 +493,45 @@ class Peer:
                 )
             await asyncio.sleep(
                 c.period * (1.0 + c.jitter * (2.0 * float(self.rng.random()) - 1.0))
+            )
+
+    # ------------------------------------------------------------------ peer sampling
+
+    def handle_sample(self, sender: str, request: ViewExchange) -> ViewExchange | None:
+        """Answer a view exchange with the dynamic sampler (None without one, or refused)."""
+        if not isinstance(self.sampler, ViewSampler) or not self.running:
+            return None
+        self.counters.view_requests += 1
+        return self.sampler.handle_request(request, sender)
+
+    async def _sampling_loop(self) -> None:
+        """Every sample period, one view exchange (Cyclon, Newscast): a target that does
+        not answer leaves the view. Its waits draw from the sampler's own generator, so that
+        a dynamic sampler changes nothing that the gossip loop draws."""
+        sampler = self.sampler
+        assert isinstance(sampler, ViewSampler)
+        c = self.config
+        period = c.sample_period or c.period
+        await asyncio.sleep(period * float(sampler.rng.random()))
+        while True:
+            try:
+                started = sampler.start_exchange()
+                if started is not None:
+                    target, request = started
+                    self.counters.view_exchanges += 1
+                    reply = await self.transport.sample(target, request)
+                    if reply is None:
+                        self.counters.view_failed += 1
+                        sampler.report_failure(target)
+                    else:
+                        sampler.handle_reply(reply, target)
+            except Exception as e:  # as in the gossip loop: count, log briefly, go on
+                self.counters.errors += 1
+                log.warning(
+                    "peer %s: view exchange failed: %s: %.200s", self.peer_id, type(e).__name__, e
+                )
+            await asyncio.sleep(
+                period * (1.0 + c.jitter * (2.0 * float(sampler.rng.random()) - 1.0))
             )
 
     async def _exchange(self, target: str) -> None:

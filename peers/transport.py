@@ -14,6 +14,8 @@ from typing import Protocol
 
 import torch
 
+from sampling.views import ViewExchange
+
 
 @dataclass(frozen=True)
 class ModelSnapshot:
@@ -70,3 +72,8 @@ class Transport(ABC):
     @abstractmethod
     async def pull(self, dest: str) -> ModelMessage | None:
         """Fetch ``dest``'s current model; None if it cannot be had."""
+
+    async def sample(self, dest: str, request: ViewExchange) -> ViewExchange | None:
+        """Carry a view exchange to ``dest`` and return its answer; None when it cannot be
+        had (unreachable, lost, refused). Transports without peer sampling have none."""
+        return None

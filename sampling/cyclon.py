@@ -31,11 +31,12 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from gossip.errors import ConfigError
 from sampling.base import PeerSampler
 from sampling.views import Descriptor, ExchangeRefused, ViewExchange, check_exchange
 
 
-class _ViewSampler(PeerSampler):
+class ViewSampler(PeerSampler):
     """What Cyclon and Newscast share: the view, target selection, failure handling."""
 
     name = "view"
@@ -122,6 +123,20 @@ class _ViewSampler(PeerSampler):
             return False
         return True
 
+    def _request_ok(self, msg: ViewExchange, sender_id: str | None) -> bool:
+        if msg.reply:
+            self.refused["unexpected_reply"] += 1
+            return False
+        return self._check(msg, sender_id)
+
+    def _asked(self, msg: ViewExchange, sender_id: str | None) -> str | None:
+        """Who answered, if we asked them (else counted and None)."""
+        source = sender_id if sender_id is not None else msg.sender.peer_id
+        if not msg.reply or source not in self.pending:
+            self.refused["unexpected_reply"] += 1
+            return None
+        return source
+
     def _age_all(self) -> None:
         self.view = {k: d.aged() for k, d in self.view.items()}
 
@@ -132,7 +147,7 @@ class _ViewSampler(PeerSampler):
         return d if d.age > 0 else d.at_age(1)
 
 
-class CyclonSampler(_ViewSampler):
+class CyclonSampler(ViewSampler):
     """Cyclon with view size ``c`` and shuffle length ``l``."""
 
     name = "cyclon"
@@ -163,9 +178,7 @@ class CyclonSampler(_ViewSampler):
         self, msg: ViewExchange, sender_id: str | None = None
     ) -> ViewExchange | None:
         """Answer a shuffle with ``l`` random entries, then take in what it brought."""
-        if msg.reply or not self._check(msg, sender_id):
-            if msg.reply:
-                self.refused["unexpected_reply"] += 1
+        if not self._request_ok(msg, sender_id):
             return None
         candidates = [d for d in self.view.values() if d.peer_id != msg.sender.peer_id]
         answer = self._sample(candidates, self.l)
@@ -174,9 +187,8 @@ class CyclonSampler(_ViewSampler):
 
     def handle_reply(self, msg: ViewExchange, sender_id: str | None = None) -> bool:
         """Take in the answer of the peer we shuffled with (an unasked reply is ignored)."""
-        source = sender_id if sender_id is not None else msg.sender.peer_id
-        if not msg.reply or source not in self.pending:
-            self.refused["unexpected_reply"] += 1
+        source = self._asked(msg, sender_id)
+        if source is None:
             return False
         if not self._check(msg, sender_id):
             self.pending.pop(source, None)
@@ -200,7 +212,7 @@ class CyclonSampler(_ViewSampler):
             self.view[d.peer_id] = self._heard(d)
 
 
-class NewscastSampler(_ViewSampler):
+class NewscastSampler(ViewSampler):
     """Newscast with view size ``c``: each exchange merges whole views, keeping the freshest."""
 
     name = "newscast"
@@ -228,9 +240,7 @@ class NewscastSampler(_ViewSampler):
     def handle_request(
         self, msg: ViewExchange, sender_id: str | None = None
     ) -> ViewExchange | None:
-        if msg.reply or not self._check(msg, sender_id):
-            if msg.reply:
-                self.refused["unexpected_reply"] += 1
+        if not self._request_ok(msg, sender_id):
             return None
         mine = [d for d in self.view.values() if d.peer_id != msg.sender.peer_id][: self.c - 1]
         answer = ViewExchange(self.me, (self.me, *mine), reply=True)
@@ -238,9 +248,8 @@ class NewscastSampler(_ViewSampler):
         return answer
 
     def handle_reply(self, msg: ViewExchange, sender_id: str | None = None) -> bool:
-        source = sender_id if sender_id is not None else msg.sender.peer_id
-        if not msg.reply or source not in self.pending:
-            self.refused["unexpected_reply"] += 1
+        source = self._asked(msg, sender_id)
+        if source is None:
             return False
         del self.pending[source]
         if not self._check(msg, sender_id):
@@ -262,3 +271,32 @@ class NewscastSampler(_ViewSampler):
         order = self.rng.permutation(len(items))
         ranked = sorted((items[int(i)] for i in order), key=lambda d: d.age)
         self.view = {d.peer_id: d for d in ranked[: self.c]}
+
+
+DYNAMIC = ("cyclon", "newscast")
+
+
+def parse_sampler(spec: str) -> tuple[str, int, int]:
+    """``cyclon:C:L`` or ``newscast:C`` -> (kind, c, l); one-line errors otherwise."""
+    parts = spec.split(":")
+    kind = parts[0]
+    try:
+        nums = [int(x) for x in parts[1:]]
+    except ValueError:
+        raise ConfigError(f"sampler {spec!r}: C and L must be integers, e.g. cyclon:20:5") from None
+    if kind == "cyclon" and len(nums) in (0, 1, 2):
+        c = nums[0] if nums else 20
+        length = nums[1] if len(nums) > 1 else max(1, c // 4)
+    elif kind == "newscast" and len(nums) in (0, 1):
+        c = nums[0] if nums else 20
+        length = c
+    else:
+        raise ConfigError(f"unknown dynamic sampler {spec!r}; use cyclon:C:L or newscast:C")
+    if c < 1 or not 1 <= length <= c:
+        raise ConfigError(f"sampler {spec!r}: need a view size C >= 1 and 1 <= L <= C")
+    return kind, c, length
+
+
+def is_dynamic(spec: str) -> bool:
+    """Whether a sampler spec names a dynamic (view-exchanging) sampler."""
+    return spec.split(":")[0] in DYNAMIC

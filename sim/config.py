@@ -25,7 +25,8 @@ FIELD_HELP: dict[str, str] = {
     "prox_mu": "fedavg: FedProx's proximal term mu (0 = plain FedAvg)",
     "peers": "number of peers",
     "topology": "graph the peers gossip over (see `gossip-sim topologies`)",
-    "sampler": "neighbours: gossip along topology edges; uniform: any peer",
+    "sampler": "neighbours: gossip along topology edges; uniform: any peer; cyclon:C:L or newscast:C: dynamic partial views, bootstrapped from the topology",
+    "sample_period": "seconds between a peer's view exchanges with a dynamic sampler (0 = the gossip period)",
     "allow_disconnected": "accept a disconnected topology instead of refusing it",
     "dataset": "digits, mnist, fashion-mnist, cifar10, cifar100, mnist1d, shakespeare, npz:PATH",
     "data_dir": "directory holding the dataset files (default: the dataset's usual place)",
@@ -95,6 +96,7 @@ class SimConfig:
     peers: int = 100
     topology: str = "regular:4"
     sampler: str = "neighbours"
+    sample_period: float = 0.0
     allow_disconnected: bool = False
     dataset: str = "digits"
     data_dir: str | None = None
@@ -156,9 +158,18 @@ class SimConfig:
             raise ConfigError("clients_per_round must be >= 0 (0 = all) and prox_mu >= 0")
         if self.prox_mu > 0 and self.optimizer != "sgd":
             raise ConfigError("the proximal term (--prox-mu) needs --optimizer sgd")
-        if self.sampler not in SAMPLERS:
+        from sampling.cyclon import is_dynamic, parse_sampler
+
+        if is_dynamic(self.sampler):
+            parse_sampler(self.sampler)
+        elif self.sampler not in SAMPLERS:
             raise ConfigError(
-                f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}"
+                f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}, "
+                "cyclon:C:L, newscast:C"
+            )
+        if not self.sample_period >= 0:
+            raise ConfigError(
+                f"sample_period must be >= 0 (0 = the gossip period), got {self.sample_period}"
             )
         from gossip.partition import parse_partition
         from gossip.robust.attacks import AttackSpec
@@ -183,6 +194,7 @@ class SimConfig:
             screen_distance=self.screen_distance,
             period=self.period,
             jitter=self.jitter,
+            sample_period=self.sample_period,
             mode=self.mode,
             merge=self.merge,
             local_steps=self.local_steps,

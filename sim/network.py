@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ from gossip.codec import CODECS, CodecError, MessageMeta, decode, encode
 from gossip.errors import ConfigError
 from gossip.state import ModelSchema
 from peers.transport import ModelMessage, ModelSink, ModelSnapshot, SendOutcome, Transport
+from sampling.views import ViewExchange
 
 DELAY_KINDS = ("constant", "uniform", "exponential")
 
@@ -168,6 +170,7 @@ class SimNetwork:
         self.delay = DelayModel.parse(config.delay)
         self.partitions = PartitionEvent.parse_schedule(config.partitions)
         self.stats = NetworkStats()
+        self.views = ViewStats()
         self.sinks: dict[str, ModelSink] = {}
         self.index: dict[str, int] = {}
         self.online: set[str] = set()
@@ -252,6 +255,41 @@ class SimNetwork:
         else:
             self.stats.rejected[reason] += 1
 
+    async def exchange_views(
+        self, src: str, dst: str, request: ViewExchange
+    ) -> ViewExchange | None:
+        """A view exchange: the request travels to ``dst`` (delay, loss, partitions,
+        offline peers), ``dst``'s sampler answers it, the answer travels back. Both are
+        counted in :attr:`views` (their JSON size), never in the model accounting."""
+        loop = asyncio.get_running_loop()
+        views = self.views
+        for leg, (a, b, msg) in enumerate(((src, dst, request), (dst, src, None))):
+            if leg == 1:
+                handler = getattr(self.sinks.get(dst), "handle_sample", None)
+                msg = handler(src, request) if handler is not None else None
+                if msg is None:
+                    views.dropped["refused"] += 1
+                    return None
+            assert msg is not None
+            views.sent += 1
+            nbytes = len(json.dumps(msg.to_json()))
+            views.bytes_sent += nbytes
+            if b not in self.sinks:
+                views.dropped["unknown_peer"] += 1
+                return None
+            if self.partitioned(a, b, loop.time()):
+                views.dropped["partition"] += 1
+                return None
+            if self._lost():
+                views.dropped["loss"] += 1
+                return None
+            await asyncio.sleep(self._transfer_time(nbytes))
+            if b not in self.online:
+                views.dropped["offline"] += 1
+                return None
+        views.answered += 1
+        return msg
+
     async def fetch(self, src: str, dst: str) -> ModelMessage | None:
         """A pull: the request travels to ``dst``, its published model travels back.
         The returned model counts as a message sent by ``dst``."""
@@ -278,6 +316,20 @@ class SimNetwork:
         return message
 
 
+class ViewStats:
+    """Peer-sampling traffic, counted apart from model messages."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.answered = 0
+        self.bytes_sent = 0
+        self.dropped: Counter[str] = Counter()
+
+    def as_dict(self) -> dict[str, object]:
+        return {"view_messages": self.sent, "view_answered": self.answered,
+                "view_bytes": self.bytes_sent, "view_dropped": dict(self.dropped)}  # fmt: skip
+
+
 class SimTransport(Transport):
     """A peer's end of the simulated network."""
 
@@ -294,3 +346,6 @@ class SimTransport(Transport):
 
     async def pull(self, dest: str) -> ModelMessage | None:
         return await self.network.fetch(self.peer_id, dest)
+
+    async def sample(self, dest: str, request: ViewExchange) -> ViewExchange | None:
+        return await self.network.exchange_views(self.peer_id, dest, request)

@@ -18,6 +18,7 @@ import torch
 from gossip.learner import evaluate_model
 from gossip.state import ModelState
 from peers.peer import Peer
+from sampling.cyclon import ViewSampler
 from sim.network import NetworkStats, SimNetwork
 
 
@@ -128,7 +129,7 @@ class MetricsObserver:
         ]
         counters = [p.counters for p in self.peers]
         acc_avg, loss_avg = self.average_model_accuracy()
-        return make_record(
+        record = make_record(
             time, period, accs, losses, honest_accs, local,
             consensus=consensus,
             consensus_honest=consensus_distance(honest_flats) if self.attackers else consensus,
@@ -142,6 +143,22 @@ class MetricsObserver:
             acc_avgmodel=acc_avg,
             loss_avgmodel=loss_avg,
         )  # fmt: skip
+        samplers = [p.sampler for p in self.peers]
+        if samplers and all(isinstance(x, ViewSampler) for x in samplers):
+            record.update(self.overlay(samplers))  # type: ignore[arg-type]
+        return record
+
+    def overlay(self, samplers: list[ViewSampler]) -> dict[str, Any]:
+        """The dynamic overlay among online peers, and the view-exchange traffic."""
+        from sim.overlay import overlay_metrics
+
+        online = self.network.online
+        ids = [p.peer_id for p in self.peers]
+        alive = np.array([i in online for i in ids], dtype=bool)
+        m = overlay_metrics(samplers, alive, ids=ids)
+        keep = ("view_indegree_mean", "view_indegree_std", "view_dead_links",
+                "overlay_components", "overlay_clustering")  # fmt: skip
+        return {**{k: m[k] for k in keep}, **self.network.views.as_dict()}
 
 
 def make_record(

@@ -33,40 +33,19 @@ import numpy as np
 
 from gossip import seeding
 from gossip.errors import ConfigError
-from sampling.cyclon import CyclonSampler, NewscastSampler, _ViewSampler
+from sampling.cyclon import CyclonSampler, NewscastSampler, ViewSampler, parse_sampler
 from sampling.views import Descriptor, ViewExchange
 from sim.topology import build_topology
-
-
-def parse_sampler(spec: str) -> tuple[str, int, int]:
-    """``cyclon:C:L`` or ``newscast:C`` -> (kind, c, l); one-line errors otherwise."""
-    parts = spec.split(":")
-    kind = parts[0]
-    try:
-        nums = [int(x) for x in parts[1:]]
-    except ValueError:
-        raise ConfigError(f"sampler {spec!r}: C and L must be integers, e.g. cyclon:20:5") from None
-    if kind == "cyclon" and len(nums) in (0, 1, 2):
-        c = nums[0] if nums else 20
-        length = nums[1] if len(nums) > 1 else max(1, c // 4)
-    elif kind == "newscast" and len(nums) in (0, 1):
-        c = nums[0] if nums else 20
-        length = c
-    else:
-        raise ConfigError(f"unknown dynamic sampler {spec!r}; use cyclon:C:L or newscast:C")
-    if c < 1 or not 1 <= length <= c:
-        raise ConfigError(f"sampler {spec!r}: need a view size C >= 1 and 1 <= L <= C")
-    return kind, c, length
 
 
 def overlay_id(i: int) -> str:
     return f"p{i}"
 
 
-def build_samplers(n: int, spec: str, bootstrap: nx.Graph, seed: int) -> list[_ViewSampler]:
+def build_samplers(n: int, spec: str, bootstrap: nx.Graph, seed: int) -> list[ViewSampler]:
     """One sampler per peer, seeded from ``bootstrap``'s neighbour lists."""
     kind, c, length = parse_sampler(spec)
-    out: list[_ViewSampler] = []
+    out: list[ViewSampler] = []
     for i in range(n):
         rng = np.random.default_rng(seeding.stream(seed, seeding.SAMPLING_FIRST + i))
         me = Descriptor(overlay_id(i))
@@ -107,11 +86,15 @@ class OverlayConfig:
 
 
 def overlay_metrics(
-    samplers: list[_ViewSampler], alive: np.ndarray, attacker: int | None = None
+    samplers: list[ViewSampler],
+    alive: np.ndarray,
+    attacker: int | None = None,
+    ids: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The overlay among live peers (see the module docstring)."""
+    """The overlay among live peers (see the module docstring); ``ids``: the peers' ids in
+    index order (default ``p0``, ``p1``, ...)."""
     n = len(samplers)
-    index = {overlay_id(i): i for i in range(n)}
+    index = {(ids[i] if ids is not None else overlay_id(i)): i for i in range(n)}
     indeg = np.zeros(n, dtype=np.int64)
     entries = dead = to_attacker = 0
     graph = nx.DiGraph()

@@ -30,7 +30,10 @@ from gossip.partition import label_distribution, partition, partition_generator
 from gossip.robust.attacks import Attacker, AttackSpec
 from gossip.seeding import generator, peer_stream, peer_torch_seed
 from peers.peer import Peer
+from sampling.base import PeerSampler
+from sampling.cyclon import CyclonSampler, NewscastSampler, ViewSampler, is_dynamic, parse_sampler
 from sampling.uniform import NeighbourSampler, UniformSampler
+from sampling.views import Descriptor
 from sim.churn import ChurnController, parse_churn
 from sim.clock import run_virtual
 from sim.config import SimConfig
@@ -97,6 +100,18 @@ def choose_attackers(config: SimConfig) -> list[int]:
         return []
     rng = generator(config.seed, seeding.ATTACK)
     return sorted(rng.choice(config.peers, count, replace=False).tolist())
+
+
+def dynamic_sampler(config: SimConfig, ids: list[str], graph: nx.Graph, i: int) -> ViewSampler:
+    """Peer ``i``'s Cyclon/Newscast sampler: its first view is its topology neighbours (the
+    bootstrap graph), its choices come from its own sampling stream."""
+    kind, c, length = parse_sampler(config.sampler)
+    rng = np.random.default_rng(seeding.stream(config.seed, seeding.SAMPLING_FIRST + i))
+    me = Descriptor(ids[i])
+    seeds = [Descriptor(ids[j], age=1) for j in sorted(graph.neighbors(i))]
+    if kind == "cyclon":
+        return CyclonSampler(me, seeds, rng, c, length)
+    return NewscastSampler(me, seeds, rng, c)
 
 
 @dataclass
@@ -171,8 +186,11 @@ def build_world(config: SimConfig, dataset: Dataset | None = None) -> World | Fe
         if network is None:
             network = SimNetwork(config.network_config(), learner.state.schema, rng_net)
         rng = np.random.default_rng(peer_stream(config.seed, i))
+        sampler: PeerSampler
         if config.sampler == "uniform":
-            sampler: UniformSampler = UniformSampler(ids[i], ids, rng)
+            sampler = UniformSampler(ids[i], ids, rng)
+        elif is_dynamic(config.sampler):
+            sampler = dynamic_sampler(config, ids, graph, i)
         else:
             sampler = NeighbourSampler(ids[i], [ids[j] for j in sorted(graph.neighbors(i))], rng)
         attacker = None
@@ -223,6 +241,7 @@ def cosine_horizon(config: SimConfig, setup: Setup) -> float:
         and config.train_on == "timer"
         and config.merge_k == 1
         and (config.churn == "none")
+        and not is_dynamic(config.sampler)
     ):
         neighbours = (
             None

@@ -24,6 +24,7 @@ from gossip.errors import GossipError
 from gossip.models import build_model_for
 from gossip.schedule import LRSchedule
 from gossip.state import ModelSchema, ModelState
+from sampling.cyclon import is_dynamic
 from sim.config import SimConfig
 from sim.engines.batched.compute import StackedPeers
 from sim.engines.batched.schedule import Schedule, build_schedule
@@ -49,6 +50,7 @@ def unsupported(config: SimConfig) -> str | None:
         (config.screen_distance != 0, "the distance screen (pass --screen-distance 0)"),
         (config.attack != "none", f"--attack {config.attack}"),
         (config.churn != "none", f"--churn {config.churn}"),
+        (is_dynamic(config.sampler), f"--sampler {config.sampler} (dynamic views)"),
         (config.codec not in ("off",), f"--codec {config.codec}"),
         (config.train_cost != 0, f"--train-cost {config.train_cost:g}"),
         (config.optimizer != "sgd", f"--optimizer {config.optimizer}"),
