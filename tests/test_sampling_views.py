@@ -215,3 +215,16 @@ def test_overlay_metrics_count_dead_links_and_the_attacker() -> None:
     assert m["view_indegree_mean"] == pytest.approx(4 / 3)
     assert m["attacker_share"] == pytest.approx(1 / 6)
     assert m["overlay_components"] == 1
+
+
+def test_newscast_sends_its_half_view_of_freshest_entries() -> None:
+    seeds = [_d(i, age) for i, age in zip(range(1, 7), (9, 2, 7, 1, 5, 3), strict=True)]
+    s = NewscastSampler(_d(0, 0), seeds, np.random.default_rng(3), 6)
+    assert s.l == 3
+    target, request = s.start_exchange()  # type: ignore[misc]
+    others = [d for d in request.entries if d.peer_id != "p0"]
+    assert request.entries[0] == s.me and len(others) == 2
+    rest = sorted(d.age for d in s.descriptors() if d.peer_id != target)
+    assert sorted(d.age for d in others) == rest[:2]  # the two freshest besides the target
+    reply = NewscastSampler(_d(9, 0), [], np.random.default_rng(4), 6).handle_request(request, "p0")
+    assert reply is not None and [d.peer_id for d in reply.entries] == ["p9"]
