@@ -7,15 +7,23 @@ is a ``GET /v1/model``; being idempotent, it is retried once on a connection err
 trouble never raises out of the transport: it is reported as ``FAILED`` (the Peer tells its
 sampler) and counted. Large models are encoded and decoded in a worker thread so that the
 event loop stays responsive.
+
+A view exchange of a dynamic sampler (Cyclon, Newscast) is a ``POST /v1/sample`` of a JSON
+envelope ``{"exchange", "nonce", "timestamp"}`` answered by the same envelope, both signed
+and replay-checked like models; the addresses in its descriptors are learned, except for
+peers listed in the peers file, which keep their listed address.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
 import secrets
 import ssl
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -25,10 +33,33 @@ from gossip.codec import CodecError, MessageMeta, decode, encode, max_message_by
 from gossip.state import ModelSchema
 from peers.auth import AUTH_HEADER, AuthError, MessageSigner, MessageVerifier
 from peers.transport import ModelMessage, ModelSink, ModelSnapshot, SendOutcome, Transport
+from sampling.views import ExchangeRefused, ViewExchange, parse_exchange
 
 log = logging.getLogger("gossip.node")
 CONTENT_TYPE = "application/vnd.gossip.safetensors"
 _THREAD_THRESHOLD = 1 << 20  # bytes: above this, (de)serialise off the event loop
+# A view exchange: at most this many entries and bytes (a sampler's own limit, its exchange
+# length, is checked by the sampler).
+MAX_SAMPLE_ENTRIES = 256
+MAX_SAMPLE_BYTES = 256 * 1024
+
+
+class Oversized(Exception):
+    """A body past its limit."""
+
+
+async def read_capped(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """A whole body of at most ``limit`` bytes (raises :class:`Oversized` beyond)."""
+    chunks, n = [], 0
+    while chunk := await stream.readany():
+        n += len(chunk)
+        if n > limit:
+            raise Oversized
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+_URL = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]{1,255}/?")
 
 
 @dataclass(frozen=True)
@@ -58,6 +89,9 @@ class HttpTransport(Transport):
     ) -> None:
         self.self_id = self_id
         self.peers = dict(peers)  # peer id -> base URL
+        self.listed = frozenset(self.peers)  # from the peers file: never re-addressed
+        self.sample_refused: Counter[str] = Counter()
+        self._sample_nonce = 0
         self.schema = schema
         self.config = config
         self.signer = signer
@@ -159,6 +193,86 @@ class HttpTransport(Transport):
         except (CodecError, AuthError) as e:
             log.info("pulled model from %s rejected: %s", dest, e)
             return None
+
+    # ------------------------------------------------------------------ peer sampling
+
+    def sample_body(self, exchange: ViewExchange) -> bytes:
+        """A view exchange as the JSON body of ``POST /v1/sample`` (or its answer), with a
+        nonce and a timestamp so that it is signed and replay-checked like a model."""
+        self._sample_nonce += 1
+        envelope = {
+            "exchange": exchange.to_json(),
+            "nonce": f"s{time.time_ns()}-{self._sample_nonce}",
+            "timestamp": time.time(),
+        }
+        return json.dumps(envelope, separators=(",", ":")).encode()
+
+    def open_sample(
+        self, body: bytes, auth_header: str | None, max_entries: int = MAX_SAMPLE_ENTRIES
+    ) -> ViewExchange:
+        """Parse, check and authenticate a view-exchange body; learn the addresses it
+        names. Raises :class:`ExchangeRefused` (reason ``schema``, ``too_large``, ...) or
+        :class:`AuthError`."""
+        if len(body) > MAX_SAMPLE_BYTES:
+            raise ExchangeRefused("too_large", f"{len(body)} bytes, at most {MAX_SAMPLE_BYTES}")
+        try:
+            envelope = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise ExchangeRefused("schema", "the body is not JSON") from None
+        if not isinstance(envelope, dict) or set(envelope) != {"exchange", "nonce", "timestamp"}:
+            raise ExchangeRefused("schema", "expected exactly exchange, nonce, timestamp")
+        nonce, timestamp = envelope["nonce"], envelope["timestamp"]
+        if not isinstance(nonce, str) or not 1 <= len(nonce) <= 128:
+            raise ExchangeRefused("schema", "nonce must be a string of 1-128 characters")
+        if isinstance(timestamp, bool) or not isinstance(timestamp, int | float):
+            raise ExchangeRefused("schema", "timestamp must be a number")
+        exchange = parse_exchange(envelope["exchange"], min(max_entries, MAX_SAMPLE_ENTRIES))
+        self.verifier.verify(
+            sender=exchange.sender.peer_id, nonce=nonce, timestamp=float(timestamp), body=body,
+            header=auth_header, now=time.time(),
+        )  # fmt: skip
+        self.learn(exchange)
+        return exchange
+
+    def learn(self, exchange: ViewExchange) -> None:
+        """Remember where the peers an exchange names can be reached (http/https URLs only;
+        a peer listed in the peers file keeps its listed address)."""
+        for d in (exchange.sender, *exchange.entries):
+            if d.peer_id == self.self_id or not d.address or d.peer_id in self.listed:
+                continue
+            if _URL.fullmatch(d.address):
+                self.peers[d.peer_id] = d.address.rstrip("/")
+
+    async def sample(self, dest: str, request: ViewExchange) -> ViewExchange | None:
+        url = self.peers.get(dest)
+        if url is None:
+            self._note_failure(dest, "unknown_peer")
+            return None
+        body = self.sample_body(request)
+        headers = {"Content-Type": "application/json", **self.signer.headers(body)}
+        try:
+            async with self.session.post(f"{url}/v1/sample", data=body, headers=headers) as resp:
+                if resp.status != 200 or (resp.content_length or 0) > MAX_SAMPLE_BYTES:
+                    self._note_failure(dest, f"sample_http_{resp.status}")
+                    return None
+                answer = await read_capped(resp.content, MAX_SAMPLE_BYTES)
+                header = resp.headers.get(AUTH_HEADER)
+        except Oversized:
+            self.sample_refused["too_large"] += 1
+            return None
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            self._note_failure(dest, type(e).__name__)
+            return None
+        try:
+            reply = self.open_sample(answer, header)
+        except (ExchangeRefused, AuthError) as e:
+            self.sample_refused[getattr(e, "reason", "auth")] += 1
+            log.info("view exchange answer from %s refused: %.200s", dest, e)
+            return None
+        if not reply.reply or reply.sender.peer_id != dest:
+            self.sample_refused["wrong_sender"] += 1
+            return None
+        return reply
 
     async def check_and_decode(self, body: bytes, auth_header: str | None) -> ModelMessage:
         """Validate metadata, authenticate, then decode (the server's path too)."""

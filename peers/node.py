@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gossip import seeding
 from gossip.datasets import Dataset, load_dataset
 from gossip.errors import ConfigError, GossipError
 from gossip.learner import Learner, LocalData
@@ -36,7 +37,10 @@ from peers.node_config import NodeConfig
 from peers.peer import Peer, ThreadCompute
 from peers.peersfile import find_self, load_peers, others, public_keys
 from peers.server import NodeServer, ServerLimits
+from sampling.base import PeerSampler
+from sampling.cyclon import CyclonSampler, NewscastSampler, is_dynamic, parse_sampler
 from sampling.uniform import UniformSampler
+from sampling.views import Descriptor
 
 log = logging.getLogger("gossip.node")
 
@@ -129,9 +133,24 @@ class Node:
             client_ssl_context(config),
         )
         rng = np.random.default_rng(peer_stream(config.seed, index))
-        self.sampler = UniformSampler(
-            self.node_id, [e.peer_id for e in self.others], rng, failure_backoff=3
-        )
+        self.sampler: PeerSampler
+        if is_dynamic(config.sampler):
+            kind, c, length = parse_sampler(config.sampler)
+            sampling_rng = np.random.default_rng(
+                seeding.stream(config.seed, seeding.SAMPLING_FIRST + index)
+            )
+            advertised = (config.advertise or f"http://{config.host}:{config.port}").rstrip("/")
+            own = Descriptor(self.node_id, advertised)
+            seeds = [Descriptor(e.peer_id, e.url, 1) for e in self.others]
+            self.sampler = (
+                CyclonSampler(own, seeds, sampling_rng, c, length)
+                if kind == "cyclon"
+                else NewscastSampler(own, seeds, sampling_rng, c)
+            )
+        else:
+            self.sampler = UniformSampler(
+                self.node_id, [e.peer_id for e in self.others], rng, failure_backoff=3
+            )
         self.compute = ThreadCompute()
         self.peer = Peer(
             self.node_id,
@@ -174,6 +193,13 @@ class Node:
             "train_steps": c.train_steps,
             "send_failed": c.send_failed,
             "peers_known": len(self.sampler.known_peers()),
+            # The dynamic view (at most C ids); the static peers file is not repeated here.
+            "view": sorted(self.sampler.known_peers()) if is_dynamic(self.config.sampler) else None,
+            "sampler": self.config.sampler,
+            "view_exchanges": c.view_exchanges,
+            "view_failed": c.view_failed,
+            "view_requests": c.view_requests,
+            "sample_refused": dict(sorted(self.transport.sample_refused.items())),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
             "schema": self.schema.hash,
             "local_samples": len(self.learner.data),

@@ -25,7 +25,9 @@ NODE_HELP: dict[str, str] = {
     "host": "address to listen on (0.0.0.0 for all interfaces)",
     "port": "port to listen on",
     "id": "this node's id (default: its entry in the peers file, else host:port)",
-    "advertise": "the URL other peers reach this node at, to find its own entry in the peers file",
+    "advertise": "the URL other peers reach this node at (to find its own entry in the peers file, and what a dynamic sampler tells others; default http://HOST:PORT)",
+    "sampler": "uniform over the peers file, or a dynamic partial view bootstrapped from it: cyclon:C:L or newscast:C (the peers file may then list only a few seeds)",
+    "sample_period": "seconds between view exchanges of a dynamic sampler (0 = the gossip period)",
     "dataset": "named dataset to take this node's shard of (testbeds): digits, fashion-mnist, ...",
     "data_dir": "directory holding the dataset files",
     "download": "download the dataset if missing (mnist, fashion-mnist, cifar10/100; needs internet)",
@@ -86,6 +88,8 @@ class NodeConfig:
     port: int = 8000
     id: str | None = None
     advertise: str | None = None
+    sampler: str = "uniform"
+    sample_period: float = 0.0
     dataset: str = "digits"
     data_dir: str | None = None
     download: bool = False
@@ -136,6 +140,16 @@ class NodeConfig:
     max_connections_per_ip: int = 64
 
     def __post_init__(self) -> None:
+        from sampling.cyclon import is_dynamic, parse_sampler
+
+        if is_dynamic(self.sampler):
+            parse_sampler(self.sampler)
+        elif self.sampler != "uniform":
+            raise ConfigError(
+                f"unknown --sampler {self.sampler!r}; use uniform, cyclon:C:L or newscast:C"
+            )
+        if not self.sample_period >= 0:
+            raise ConfigError(f"--sample-period must be >= 0, got {self.sample_period}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"--port must be in 1..65535, got {self.port}")
         if (self.node_index is None) != (self.num_nodes is None):
@@ -229,7 +243,8 @@ class NodeConfig:
         from peers.peer import PeerConfig
 
         return PeerConfig(
-            period=self.period, jitter=self.jitter, mode=self.mode, merge=self.merge,
+            period=self.period, jitter=self.jitter, sample_period=self.sample_period,
+            mode=self.mode, merge=self.merge,
             local_steps=self.local_steps, train_on=self.train_on, order=self.order,
             merge_k=self.merge_k, inbox_size=self.inbox_size,
             age_guard=AgeGuard(self.age_guard),

@@ -52,8 +52,17 @@ from peers.http_guard import (
     connection_budget,
     raise_file_limit,
 )
-from peers.http_transport import CONTENT_TYPE, HttpTransport
+from peers.http_transport import (
+    CONTENT_TYPE,
+    MAX_SAMPLE_BYTES,
+    MAX_SAMPLE_ENTRIES,
+    HttpTransport,
+    Oversized,
+    read_capped,
+)
 from peers.peer import Peer
+from sampling.cyclon import ViewSampler
+from sampling.views import ExchangeRefused
 
 log = logging.getLogger("gossip.server")
 _STATUS_FOR_REASON = {
@@ -195,6 +204,7 @@ class NodeServer:
         self.app.add_routes(
             [
                 web.post("/v1/gossip", self.gossip),
+                web.post("/v1/sample", self.sample),
                 web.get("/v1/model", self.model),
                 web.get("/v1/status", self.get_status),
                 web.get("/metrics", self.metrics),
@@ -353,6 +363,42 @@ class NodeServer:
                 {"accepted": False, "reason": reason}, status=_STATUS_FOR_REASON.get(reason, 422)
             )
         return web.json_response({"accepted": True}, status=202)
+
+    async def sample(self, request: web.Request) -> web.Response:
+        """A view exchange of the dynamic sampler: checked, authenticated, answered (signed).
+        Refusals are counted by reason in ``sample_refused`` (one line per status, never the
+        body in the log)."""
+        transport = self.transport
+        if request.content_length is not None and request.content_length > MAX_SAMPLE_BYTES:
+            return self._refuse_sample("too_large", 413)
+        try:
+            async with asyncio.timeout(transport.config.read_timeout):
+                body = await read_capped(request.content, MAX_SAMPLE_BYTES)
+        except Oversized:
+            return self._refuse_sample("too_large", 413)
+        except TimeoutError:
+            return self._refuse_sample("slow_sender", 408)
+        except (ConnectionError, RequestPayloadError):
+            return self._refuse_sample("aborted", 400)
+        try:
+            sampler = self.peer.sampler
+            limit = sampler.l if isinstance(sampler, ViewSampler) else MAX_SAMPLE_ENTRIES
+            exchange = transport.open_sample(body, request.headers.get(AUTH_HEADER), limit)
+        except ExchangeRefused as e:
+            return self._refuse_sample(e.reason, 413 if e.reason == "too_large" else 400)
+        except AuthError as e:
+            return self._refuse_sample(str(e.reason), 401)
+        answer = self.peer.handle_sample(exchange.sender.peer_id, exchange)
+        if answer is None:
+            return self._refuse_sample("refused", 409)
+        out = transport.sample_body(answer)
+        return web.Response(
+            body=out, content_type="application/json", headers=transport.signer.headers(out)
+        )
+
+    def _refuse_sample(self, reason: str, status: int) -> web.Response:
+        self.transport.sample_refused[reason] += 1
+        return web.json_response({"accepted": False, "reason": reason}, status=status)
 
     async def model(self, request: web.Request) -> web.Response:
         # Encoded afresh each time: every message carries its own nonce and timestamp, so
