@@ -59,12 +59,28 @@ class ViewSampler(PeerSampler):
         self.l = exchange
         self.rng = rng
         self.view: dict[str, Descriptor] = {}
-        for d in seeds:
-            if d.peer_id != me.peer_id and d.peer_id not in self.view and len(self.view) < self.c:
-                self.view[d.peer_id] = self._heard(d)
+        self.seeds = tuple(seeds)
+        self._bootstrap()
+        self.rebootstraps = 0
         self.pending: dict[str, tuple[str, ...]] = {}
         self.refused: Counter[str] = Counter()
         self.exchanges = 0
+
+    def _bootstrap(self) -> None:
+        for d in self.seeds:
+            if (
+                d.peer_id != self.me.peer_id
+                and d.peer_id not in self.view
+                and len(self.view) < self.c
+            ):
+                self.view[d.peer_id] = self._heard(d)
+
+    def _refill(self) -> None:
+        """An empty view starts again from the seeds it was given (a node that came up
+        before its seed, or outlived its whole view, would otherwise stay alone for ever)."""
+        if not self.view and self.seeds:
+            self._bootstrap()
+            self.rebootstraps += 1
 
     # ----------------------------------------------------------------- PeerSampler
 
@@ -76,6 +92,7 @@ class ViewSampler(PeerSampler):
         return tuple(self.view)
 
     def select(self) -> str | None:
+        self._refill()
         if not self.view:
             return None
         ids = tuple(self.view)
@@ -165,6 +182,7 @@ class CyclonSampler(ViewSampler):
 
     def start_exchange(self) -> tuple[str, ViewExchange] | None:
         """The next shuffle: (target, request), or None with an empty view."""
+        self._refill()
         if not self.view:
             return None
         self._age_all()
@@ -232,6 +250,7 @@ class NewscastSampler(ViewSampler):
         super().__init__(me, seeds, rng, view_size, max(1, view_size // 2))
 
     def start_exchange(self) -> tuple[str, ViewExchange] | None:
+        self._refill()
         if not self.view:
             return None
         self._age_all()

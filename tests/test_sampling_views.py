@@ -228,3 +228,14 @@ def test_newscast_sends_its_half_view_of_freshest_entries() -> None:
     assert sorted(d.age for d in others) == rest[:2]  # the two freshest besides the target
     reply = NewscastSampler(_d(9, 0), [], np.random.default_rng(4), 6).handle_request(request, "p0")
     assert reply is not None and [d.peer_id for d in reply.entries] == ["p9"]
+
+
+def test_an_emptied_view_starts_again_from_its_seeds() -> None:
+    s = _cyclon(0, [1])
+    target, _ = s.start_exchange()  # type: ignore[misc]
+    s.report_failure(target)  # the seed was not up yet
+    assert s.known_peers() == ()
+    again = s.start_exchange()
+    assert again is not None and again[0] == "p1" and s.rebootstraps == 1
+    lone = CyclonSampler(_d(0, 0), [], np.random.default_rng(0), 4, 2)
+    assert lone.start_exchange() is None and lone.select() is None
