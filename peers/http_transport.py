@@ -24,7 +24,7 @@ import secrets
 import ssl
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -33,7 +33,7 @@ from gossip.codec import CodecError, MessageMeta, decode, encode, max_message_by
 from gossip.state import ModelSchema
 from peers.auth import AUTH_HEADER, AuthError, MessageSigner, MessageVerifier
 from peers.transport import ModelMessage, ModelSink, ModelSnapshot, SendOutcome, Transport
-from sampling.views import ExchangeRefused, ViewExchange, parse_exchange
+from sampling.views import Descriptor, ExchangeRefused, ViewExchange, parse_exchange
 
 log = logging.getLogger("gossip.node")
 CONTENT_TYPE = "application/vnd.gossip.safetensors"
@@ -237,7 +237,10 @@ class HttpTransport(Transport):
     def learn(self, exchange: ViewExchange) -> None:
         """Remember where the peers an exchange names can be reached (http/https URLs only;
         a peer listed in the peers file keeps its listed address)."""
-        for d in (exchange.sender, *exchange.entries):
+        self.learn_addresses((exchange.sender, *exchange.entries))
+
+    def learn_addresses(self, descriptors: Iterable[Descriptor]) -> None:
+        for d in descriptors:
             if d.peer_id == self.self_id or not d.address or d.peer_id in self.listed:
                 continue
             if _URL.fullmatch(d.address):

@@ -38,7 +38,13 @@ from peers.peer import Peer, ThreadCompute
 from peers.peersfile import find_self, load_peers, others, public_keys
 from peers.server import NodeServer, ServerLimits
 from sampling.base import PeerSampler
-from sampling.cyclon import CyclonSampler, NewscastSampler, is_dynamic, parse_sampler
+from sampling.cyclon import (
+    CyclonSampler,
+    NewscastSampler,
+    ViewSampler,
+    is_dynamic,
+    parse_sampler,
+)
 from sampling.uniform import UniformSampler
 from sampling.views import Descriptor
 
@@ -217,6 +223,8 @@ class Node:
         if ckpt is None:
             return
         self.learner.state.load_flat(ckpt.flat.to(self.learner.state.flat.device), ckpt.age)
+        if isinstance(self.sampler, ViewSampler):  # the view it had, with its addresses
+            self.transport.learn_addresses(self.sampler.restore_view(ckpt.sampler_view))
         ignored = restore_counters(self.peer.counters, ckpt.counters)
         if ignored:
             log.info("checkpoint counters not restored (unknown or wrong type): %s", ignored)
@@ -244,7 +252,9 @@ class Node:
             flat.cpu(),
             age,
             self.schema.hash,
-            list(self.sampler.known_peers()),
+            self.sampler.saved_view()
+            if isinstance(self.sampler, ViewSampler)
+            else list(self.sampler.known_peers()),
             counters,
             time.time(),
             auth_high_water=high_water if math.isfinite(high_water) else None,

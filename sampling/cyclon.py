@@ -27,6 +27,7 @@ exchange with only itself holds at most one entry of each view it reaches.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -35,6 +36,9 @@ import numpy as np
 from gossip.errors import ConfigError
 from sampling.base import PeerSampler
 from sampling.views import Descriptor, ExchangeRefused, ViewExchange, check_exchange
+
+_SAVED_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_SAVED_URL = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]{1,255}")
 
 
 class ViewSampler(PeerSampler):
@@ -105,6 +109,28 @@ class ViewSampler(PeerSampler):
 
     def descriptors(self) -> list[Descriptor]:
         return list(self.view.values())
+
+    def saved_view(self) -> list[str]:
+        """The view as ``"ID ADDRESS"`` strings (what a checkpoint keeps)."""
+        return [f"{d.peer_id} {d.address}".strip() for d in self.view.values()]
+
+    def restore_view(self, saved: Iterable[str]) -> list[Descriptor]:
+        """Take back a :meth:`saved_view` (entries that do not parse are skipped; at most
+        c, never itself); returns the descriptors restored."""
+        restored = []
+        for text in saved:
+            parts = text.split(" ")
+            if len(parts) > 2 or not _SAVED_ID.fullmatch(parts[0]) or parts[0] == self.self_id:
+                continue
+            address = parts[1] if len(parts) == 2 else ""
+            if address and not _SAVED_URL.fullmatch(address):
+                continue
+            restored.append(Descriptor(parts[0], address, 1))
+        if restored:
+            self.view = {}
+            for d in restored[: self.c]:
+                self.view.setdefault(d.peer_id, d)
+        return list(self.view.values()) if restored else []
 
     # ----------------------------------------------------------------- the exchange
 

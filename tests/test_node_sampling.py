@@ -141,3 +141,23 @@ async def test_with_a_shared_key_exchanges_are_signed_and_unsigned_ones_refused(
     finally:
         for node in nodes:
             await node.stop()
+
+
+async def test_a_restarted_node_gets_its_view_back_from_its_checkpoint(tmp_path: Path) -> None:
+    ports = free_ports(3)
+    ckpt = str(tmp_path / "ckpt")
+    nodes = [
+        Node(_config(tmp_path, p, ports[0], i, 3, checkpoint_dir=ckpt if i == 2 else None))
+        for i, p in enumerate(ports)
+    ]
+    for node in nodes:
+        await node.start()
+    try:
+        await _until(lambda: f"n{ports[1]}" in nodes[2].sampler.known_peers())
+    finally:
+        for node in nodes:
+            await node.stop()
+    again = Node(_config(tmp_path, ports[2], ports[0], 2, 3, checkpoint_dir=ckpt))
+    again.restore()
+    assert f"n{ports[1]}" in again.sampler.known_peers()  # learned, not in its peers file
+    assert again.transport.peers[f"n{ports[1]}"] == f"http://127.0.0.1:{ports[1]}"

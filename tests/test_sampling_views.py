@@ -239,3 +239,16 @@ def test_an_emptied_view_starts_again_from_its_seeds() -> None:
     assert again is not None and again[0] == "p1" and s.rebootstraps == 1
     lone = CyclonSampler(_d(0, 0), [], np.random.default_rng(0), 4, 2)
     assert lone.start_exchange() is None and lone.select() is None
+
+
+def test_a_saved_view_comes_back_and_hostile_entries_do_not() -> None:
+    s = CyclonSampler(_d(0, 0), [_d(1), _d(2), Descriptor("p3")], np.random.default_rng(0), 4, 2)
+    saved = s.saved_view()
+    assert saved == ["p1 10.0.0.1:80", "p2 10.0.0.2:80", "p3"]
+    fresh = CyclonSampler(_d(0, 0), [_d(9)], np.random.default_rng(0), 4, 2)
+    good = ["p1 http://10.0.0.1:80", "p3"]
+    bad = ["p0 http://me:1", "p 4 x", "p5 file:///etc/passwd", "p6 http://a b", "x" * 200]
+    restored = fresh.restore_view(good + bad)
+    assert [d.peer_id for d in restored] == ["p1", "p3"]
+    assert list(fresh.known_peers()) == ["p1", "p3"]
+    assert fresh.restore_view(bad) == [] and list(fresh.known_peers()) == ["p1", "p3"]
