@@ -12,6 +12,10 @@ Specs (comma-separated to combine):
 ``crash-recover:T:FRACTION:DOWNTIME``
     At time ``T`` a random ``FRACTION`` of the peers crash and come back ``DOWNTIME``
     seconds later with the model and age they had (crash-recover from their last state).
+``join:T:COUNT``
+    The last ``COUNT`` peers are offline until time ``T``, then join with fresh models (as
+    newcomers; with a dynamic sampler they bootstrap from their topology neighbours, which
+    by then have dropped them from their views after failed pushes).
 
 An offline peer neither sends nor receives: messages reaching it are dropped as
 ``offline``, and those waiting in its inbox are lost.
@@ -32,14 +36,14 @@ from sim.network import SimNetwork
 
 @dataclass(frozen=True)
 class ChurnRule:
-    kind: str  # markov | crash | crash-recover
-    a: float  # markov: online fraction; crash*: time
-    b: float  # markov: mean session; crash*: fraction
+    kind: str  # markov | crash | crash-recover | join
+    a: float  # markov: online fraction; crash*, join: time
+    b: float  # markov: mean session; crash*: fraction; join: count
     c: float = 0.0  # crash-recover: downtime
 
 
-_ARITY = {"markov": 2, "crash": 2, "crash-recover": 3}
-_EXAMPLE = "markov:0.8:20, crash:50:0.1 or crash-recover:30:0.2:10"
+_ARITY = {"markov": 2, "crash": 2, "crash-recover": 3, "join": 2}
+_EXAMPLE = "markov:0.8:20, crash:50:0.1, crash-recover:30:0.2:10 or join:40:10"
 
 
 def parse_churn(spec: str) -> tuple[ChurnRule, ...]:
@@ -62,7 +66,10 @@ def parse_churn(spec: str) -> tuple[ChurnRule, ...]:
         rule = ChurnRule(kind, *values)
         if kind == "markov" and not (0 < rule.a <= 1 and rule.b > 0):
             raise ConfigError(f"churn {item!r}: ONLINE must be in (0, 1] and SESSION > 0")
-        if kind != "markov" and not (rule.a >= 0 and 0 <= rule.b <= 1 and rule.c >= 0):
+        if kind == "join":
+            if not (rule.a >= 0 and rule.b >= 1 and rule.b == int(rule.b)):
+                raise ConfigError(f"churn {item!r}: T >= 0 and COUNT a whole number >= 1")
+        elif kind != "markov" and not (rule.a >= 0 and 0 <= rule.b <= 1 and rule.c >= 0):
             raise ConfigError(f"churn {item!r}: T >= 0, FRACTION in [0, 1], DOWNTIME >= 0")
         rules.append(rule)
     return tuple(rules)
@@ -83,6 +90,13 @@ class ChurnController:
         self.network = network
         self.rng = rng
         self.crashed: set[int] = set()  # crash-stopped for good
+        n = len(self.peers)
+        joining = [int(r.b) for r in self.rules if r.kind == "join"]
+        if joining and max(joining) >= n:
+            raise ConfigError(f"churn join: COUNT must be below the {n} peers")
+        self.waiting: set[int] = set()  # not joined yet
+        for count in joining:
+            self.waiting |= set(range(n - count, n))
         self._tasks: set[asyncio.Task[None]] = set()
 
     def initially_online(self) -> list[bool]:
@@ -91,7 +105,7 @@ class ChurnController:
         for rule in self.rules:
             if rule.kind == "markov":
                 online = [bool(self.rng.random() < rule.a) for _ in self.peers]
-        return online
+        return [up and i not in self.waiting for i, up in enumerate(online)]
 
     def start(self) -> None:
         """Bring the initial peers online and schedule every churn event."""
@@ -104,6 +118,8 @@ class ChurnController:
             if rule.kind == "markov":
                 for i, up in enumerate(online):
                     self._schedule_markov(loop, rule, i, up)
+            elif rule.kind == "join":
+                loop.call_at(rule.a, self._join, int(rule.b))
             else:
                 loop.call_at(rule.a, self._crash, rule)
 
@@ -115,14 +131,26 @@ class ChurnController:
             return  # ONLINE == 1: never leaves
         loop.call_later(float(self.rng.exponential(mean)), self._flip, rule, i, not up)
 
+    def _join(self, count: int) -> None:
+        n = len(self.peers)
+        for i in range(n - count, n):
+            if i in self.waiting:
+                self.waiting.discard(i)
+                self.set_online(i, True)
+
     def _flip(self, rule: ChurnRule, i: int, up: bool) -> None:
         if i in self.crashed:
+            return
+        if i in self.waiting:  # not joined yet: its sessions start when it joins
+            self._schedule_markov(asyncio.get_running_loop(), rule, i, up)
             return
         self.set_online(i, up)
         self._schedule_markov(asyncio.get_running_loop(), rule, i, up)
 
     def _crash(self, rule: ChurnRule) -> None:
-        candidates = [i for i in range(len(self.peers)) if i not in self.crashed]
+        candidates = [
+            i for i in range(len(self.peers)) if i not in self.crashed and i not in self.waiting
+        ]
         k = round(rule.b * len(self.peers))
         victims = sorted(
             self.rng.choice(candidates, size=min(k, len(candidates)), replace=False).tolist()

@@ -78,3 +78,24 @@ def test_a_slower_sample_period_exchanges_less() -> None:
     fast = run_simulation(SimConfig(sampler="cyclon:8:3", **SMALL))
     slow = run_simulation(SimConfig(sampler="cyclon:8:3", sample_period=3.0, **SMALL))
     assert slow.records[-1]["view_messages"] < 0.5 * fast.records[-1]["view_messages"]
+
+
+def test_peers_that_join_later_enter_the_views_and_learn() -> None:
+    result = run_simulation(
+        SimConfig(sampler="cyclon:8:3", churn="join:15:5", **{**SMALL, "periods": 45})
+    )
+    online = {r["time"]: r["peers_online"] for r in result.records}
+    assert online[10.0] == 25 and online[40.0] == 30
+    peers = result.world.peers  # type: ignore[union-attr]
+    joiners = {p.peer_id for p in peers[25:]}
+    holders = [p for p in peers[:25] if joiners & set(p.sampler.known_peers())]
+    assert len(holders) >= 10  # the newcomers are known well beyond their first contacts
+    assert all(p.counters.merges > 0 for p in peers[25:])
+    assert result.records[-1]["overlay_components"] == 1
+
+
+def test_join_is_checked_in_one_line() -> None:
+    with pytest.raises(ConfigError, match="COUNT a whole number"):
+        SimConfig(churn="join:10:2.5")
+    with pytest.raises(ConfigError, match="COUNT must be below"):
+        run_simulation(SimConfig(churn="join:1:30", **SMALL))
