@@ -57,7 +57,7 @@ FIELD_HELP: dict[str, str] = {
     "bandwidth": "bytes per second per message, 0 = unlimited",
     "codec": "off (hand models over in memory), fp32, fp16 or int8 (really encode and decode)",
     "partitions": "network partitions: none or split:START:END[:GROUPS],...",
-    "churn": "none, markov:ONLINE:SESSION, crash:T:FRACTION, crash-recover:T:FRACTION:DOWNTIME",
+    "churn": "none, markov:ONLINE:SESSION, crash:T:FRACTION, crash-recover:T:FRACTION:DOWNTIME, join:T:COUNT",
     "train_cost": "virtual seconds one local training step takes",
     "eval_every": "evaluate every this many periods",
     "eval_peers": "peers evaluated at each point (0 = all)",
