@@ -67,6 +67,9 @@ class ViewSampler(PeerSampler):
         self._bootstrap()
         self.rebootstraps = 0
         self.pending: dict[str, tuple[str, ...]] = {}
+        # Cyclon takes its exchange's target out of the view until the answer: kept here so
+        # that a checkpoint taken meanwhile still knows it.
+        self.away: dict[str, Descriptor] = {}
         self.refused: Counter[str] = Counter()
         self.exchanges = 0
 
@@ -106,13 +109,17 @@ class ViewSampler(PeerSampler):
         """A peer we could not reach leaves the view (and any exchange with it is over)."""
         self.view.pop(peer_id, None)
         self.pending.pop(peer_id, None)
+        self.away.pop(peer_id, None)
 
     def descriptors(self) -> list[Descriptor]:
         return list(self.view.values())
 
     def saved_view(self) -> list[str]:
-        """The view as ``"ID ADDRESS"`` strings (what a checkpoint keeps)."""
-        return [f"{d.peer_id} {d.address}".strip() for d in self.view.values()]
+        """The view as ``"ID ADDRESS"`` strings (what a checkpoint keeps), with the peers out
+        for an exchange whose answer has not come, up to c in all."""
+        held = list(self.view.values())
+        held += [d for k, d in self.away.items() if k not in self.view][: self.c - len(held)]
+        return [f"{d.peer_id} {d.address}".strip() for d in held]
 
     def restore_view(self, saved: Iterable[str]) -> list[Descriptor]:
         """Take back a :meth:`saved_view` (entries that do not parse are skipped; at most
@@ -216,6 +223,9 @@ class CyclonSampler(ViewSampler):
         del self.view[oldest.peer_id]
         others = self._sample(list(self.view.values()), self.l - 1)
         self.pending[oldest.peer_id] = tuple(d.peer_id for d in others)
+        self.away[oldest.peer_id] = oldest
+        while len(self.away) > self.c:  # answers that never came
+            self.away.pop(next(iter(self.away)))
         self.exchanges += 1
         return oldest.peer_id, ViewExchange(self.me, (self.me, *others))
 
@@ -237,8 +247,10 @@ class CyclonSampler(ViewSampler):
             return False
         if not self._check(msg, sender_id):
             self.pending.pop(source, None)
+            self.away.pop(source, None)
             return False
         sent = list(self.pending.pop(source))
+        self.away.pop(source, None)
         self._merge(msg.entries, sent)
         return True
 

@@ -252,3 +252,12 @@ def test_a_saved_view_comes_back_and_hostile_entries_do_not() -> None:
     assert [d.peer_id for d in restored] == ["p1", "p3"]
     assert list(fresh.known_peers()) == ["p1", "p3"]
     assert fresh.restore_view(bad) == [] and list(fresh.known_peers()) == ["p1", "p3"]
+
+
+def test_a_saved_view_keeps_the_peer_out_for_an_exchange() -> None:
+    s = CyclonSampler(_d(0, 0), [_d(1, 5), _d(2, 1)], np.random.default_rng(0), 4, 2)
+    target, _ = s.start_exchange()  # type: ignore[misc]
+    assert target == "p1" and "p1" not in s.known_peers()
+    assert "p1 10.0.0.1:80" in s.saved_view()
+    s.report_failure("p1")  # no answer: gone for good
+    assert all(not e.startswith("p1 ") for e in s.saved_view())
