@@ -38,13 +38,7 @@ from peers.peer import Peer, ThreadCompute
 from peers.peersfile import find_self, load_peers, others, public_keys
 from peers.server import NodeServer, ServerLimits
 from sampling.base import PeerSampler
-from sampling.cyclon import (
-    CyclonSampler,
-    NewscastSampler,
-    ViewSampler,
-    is_dynamic,
-    parse_sampler,
-)
+from sampling.cyclon import ViewSampler, build_view_sampler, is_dynamic
 from sampling.uniform import UniformSampler
 from sampling.views import Descriptor
 
@@ -141,18 +135,13 @@ class Node:
         rng = np.random.default_rng(peer_stream(config.seed, index))
         self.sampler: PeerSampler
         if is_dynamic(config.sampler):
-            kind, c, length = parse_sampler(config.sampler)
             sampling_rng = np.random.default_rng(
                 seeding.stream(config.seed, seeding.SAMPLING_FIRST + index)
             )
             advertised = (config.advertise or f"http://{config.host}:{config.port}").rstrip("/")
             own = Descriptor(self.node_id, advertised)
             seeds = [Descriptor(e.peer_id, e.url, 1) for e in self.others]
-            self.sampler = (
-                CyclonSampler(own, seeds, sampling_rng, c, length)
-                if kind == "cyclon"
-                else NewscastSampler(own, seeds, sampling_rng, c)
-            )
+            self.sampler = build_view_sampler(config.sampler, own, seeds, sampling_rng)
         else:
             self.sampler = UniformSampler(
                 self.node_id, [e.peer_id for e in self.others], rng, failure_backoff=3

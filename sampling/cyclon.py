@@ -367,3 +367,13 @@ def parse_sampler(spec: str) -> tuple[str, int, int]:
 def is_dynamic(spec: str) -> bool:
     """Whether a sampler spec names a dynamic (view-exchanging) sampler."""
     return spec.split(":")[0] in DYNAMIC
+
+
+def build_view_sampler(
+    spec: str, me: Descriptor, seeds: Iterable[Descriptor], rng: np.random.Generator
+) -> ViewSampler:
+    """The sampler ``cyclon:C:L`` or ``newscast:C`` names, seeded with ``seeds``."""
+    kind, c, length = parse_sampler(spec)
+    if kind == "cyclon":
+        return CyclonSampler(me, seeds, rng, c, length)
+    return NewscastSampler(me, seeds, rng, c)

@@ -33,7 +33,7 @@ import numpy as np
 
 from gossip import seeding
 from gossip.errors import ConfigError
-from sampling.cyclon import CyclonSampler, NewscastSampler, ViewSampler, parse_sampler
+from sampling.cyclon import ViewSampler, build_view_sampler, parse_sampler
 from sampling.views import Descriptor, ViewExchange
 from sim.topology import build_topology
 
@@ -44,17 +44,19 @@ def overlay_id(i: int) -> str:
 
 def build_samplers(n: int, spec: str, bootstrap: nx.Graph, seed: int) -> list[ViewSampler]:
     """One sampler per peer, seeded from ``bootstrap``'s neighbour lists."""
-    kind, c, length = parse_sampler(spec)
-    out: list[ViewSampler] = []
-    for i in range(n):
-        rng = np.random.default_rng(seeding.stream(seed, seeding.SAMPLING_FIRST + i))
-        me = Descriptor(overlay_id(i))
-        seeds = [Descriptor(overlay_id(j), age=1) for j in sorted(bootstrap.neighbors(i))]
-        if kind == "cyclon":
-            out.append(CyclonSampler(me, seeds, rng, c, length))
-        else:
-            out.append(NewscastSampler(me, seeds, rng, c))
-    return out
+    parse_sampler(spec)
+    ids = [overlay_id(i) for i in range(n)]
+    return [dynamic_sampler_for(spec, ids, bootstrap, i, seed) for i in range(n)]
+
+
+def dynamic_sampler_for(
+    spec: str, ids: list[str], graph: nx.Graph, i: int, seed: int
+) -> ViewSampler:
+    """Peer ``i``'s Cyclon/Newscast sampler: its first view is its neighbours in ``graph``
+    (the bootstrap graph), its choices come from its own sampling stream."""
+    rng = np.random.default_rng(seeding.stream(seed, seeding.SAMPLING_FIRST + i))
+    seeds = [Descriptor(ids[j], age=1) for j in sorted(graph.neighbors(i))]
+    return build_view_sampler(spec, Descriptor(ids[i]), seeds, rng)
 
 
 @dataclass

@@ -31,9 +31,8 @@ from gossip.robust.attacks import Attacker, AttackSpec
 from gossip.seeding import generator, peer_stream, peer_torch_seed
 from peers.peer import Peer
 from sampling.base import PeerSampler
-from sampling.cyclon import CyclonSampler, NewscastSampler, ViewSampler, is_dynamic, parse_sampler
+from sampling.cyclon import ViewSampler, is_dynamic
 from sampling.uniform import NeighbourSampler, UniformSampler
-from sampling.views import Descriptor
 from sim.churn import ChurnController, parse_churn
 from sim.clock import run_virtual
 from sim.config import SimConfig
@@ -103,15 +102,10 @@ def choose_attackers(config: SimConfig) -> list[int]:
 
 
 def dynamic_sampler(config: SimConfig, ids: list[str], graph: nx.Graph, i: int) -> ViewSampler:
-    """Peer ``i``'s Cyclon/Newscast sampler: its first view is its topology neighbours (the
-    bootstrap graph), its choices come from its own sampling stream."""
-    kind, c, length = parse_sampler(config.sampler)
-    rng = np.random.default_rng(seeding.stream(config.seed, seeding.SAMPLING_FIRST + i))
-    me = Descriptor(ids[i])
-    seeds = [Descriptor(ids[j], age=1) for j in sorted(graph.neighbors(i))]
-    if kind == "cyclon":
-        return CyclonSampler(me, seeds, rng, c, length)
-    return NewscastSampler(me, seeds, rng, c)
+    """Peer ``i``'s Cyclon/Newscast sampler (see :func:`sim.overlay.dynamic_sampler_for`)."""
+    from sim.overlay import dynamic_sampler_for
+
+    return dynamic_sampler_for(config.sampler, ids, graph, i, config.seed)
 
 
 @dataclass
