@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from netutil import NodeFactory, lone_node_config, self_signed_cert
+from netutil import NodeFactory, closed_by_server, lone_node_config, self_signed_cert
 
 from gossip.codec import MessageMeta, encode
 from gossip.errors import ConfigError
@@ -58,16 +58,7 @@ async def _connect(node: Node, **kw: Any) -> tuple[Reader, Writer]:
 
 
 async def _closed(reader: Reader, timeout: float = 5.0) -> bool:
-    """Whether the server closes the connection within ``timeout`` (data before is skipped)."""
-    try:
-        async with asyncio.timeout(timeout):
-            while await reader.read(1 << 16):
-                pass
-    except TimeoutError:
-        return False
-    except (ConnectionError, ssl.SSLError):
-        pass
-    return True
+    return await closed_by_server(reader, timeout)
 
 
 def _trickle(reader: Reader, writer: Writer, data: bytes) -> None:

@@ -23,7 +23,6 @@ import logging
 import math
 import re
 import socket
-import ssl
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
@@ -32,7 +31,7 @@ from typing import Any, TypeAlias
 
 import pytest
 import torch
-from netutil import NodeFactory, lone_node_config
+from netutil import NodeFactory, closed_by_server, lone_node_config
 
 import peers.server as server_module
 from gossip.codec import MAX_AGE, MessageMeta, encode, max_header_bytes, max_message_bytes
@@ -120,16 +119,7 @@ async def _response(reader: Reader) -> tuple[int, dict[str, str], bytes]:
 
 
 async def _closed(reader: Reader, timeout: float = WAIT) -> bool:
-    """Whether the server closes the connection within ``timeout`` (data before is skipped)."""
-    try:
-        async with asyncio.timeout(timeout):
-            while await reader.read(1 << 16):
-                pass
-    except TimeoutError:
-        return False
-    except (ConnectionError, ssl.SSLError):
-        pass
-    return True
+    return await closed_by_server(reader, timeout)
 
 
 def _head(
