@@ -12,10 +12,15 @@ sample period, it measures:
 3. **healing**: ``--kill`` (5) nodes are killed; after 20 periods, the view entries of the
    survivors that still point to killed nodes (the target: none).
 
+With ``--keys`` every node has its own Ed25519 key and the seeds file lists only node 0's
+public key: the others' keys are learned on first use, and the table adds the models and view
+exchanges refused for their keys (the target: none).
+
 Writes ``discovery.json`` to ``--out``.
 
     python benchmarks/bench_discovery.py
     python benchmarks/bench_discovery.py --nodes 20 --view 10 --shuffle 4 --period 0.5
+    python benchmarks/bench_discovery.py --keys
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ def main() -> None:
     parser.add_argument("--shuffle", type=int, default=4)
     parser.add_argument("--period", type=float, default=0.5, help="gossip and sample period")
     parser.add_argument("--kill", type=int, default=5)
+    parser.add_argument("--keys", action="store_true", help="an Ed25519 key per node")
     parser.add_argument("--out", default="runs/bench-discovery")
     args = parser.parse_args()
     out = Path(args.out)
@@ -70,7 +76,22 @@ def main() -> None:
     n, c = args.nodes, args.view
     ports = free_ports(n + 1)
     seed_file = out / "seeds.txt"
-    seed_file.write_text(f"127.0.0.1:{ports[0]} n0\n")
+    key_args: dict[int, list[str]] = {}
+    seed_key = ""
+    if args.keys:
+        from peers.auth import (
+            format_private_key,
+            format_public_key,
+            generate_ed25519_keypair,
+            write_key_file,
+        )
+
+        for i in range(n + 1):
+            private, public = generate_ed25519_keypair()
+            write_key_file(out / f"key{i}", format_private_key(private), overwrite=True)
+            key_args[i] = ["--auth-key-file", str(out / f"key{i}")]
+            seed_key = seed_key or " " + format_public_key(public)
+    seed_file.write_text(f"127.0.0.1:{ports[0]} n0{seed_key}\n")
     script = Path(sys.executable).parent / "gossip-node"
     procs: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -80,6 +101,7 @@ def main() -> None:
             "--port", str(ports[i]), "--id", f"n{i}", "--node-index", str(i),
             "--num-nodes", str(n + 1), "--model", "logreg", "--period", str(args.period),
             "--sampler", f"cyclon:{c}:{args.shuffle}", "--eval-every", "0", "--threads", "1",
+            *key_args.get(i, []),
         ]  # fmt: skip
         log = (out / f"n{i}.log").open("wb")
         procs[i] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -142,6 +164,15 @@ def main() -> None:
         result["entries"] = entries
         healed, _ = wait(lambda v: not any(p in dead for x in v.values() for p in x), 40, alive)
         result["periods_to_no_dead"] = None if healed is None else 20 + healed
+        finals = [x for x in (status(ports[i]) for i in alive) if x is not None]
+        key_reasons = {"bad_auth", "unknown_sender", "wrong_key"}
+        result["models_refused_for_keys"] = sum(
+            k for x in finals for r, k in x["rejected_by_reason"].items() if r in key_reasons
+        )
+        result["exchanges_refused_for_keys"] = sum(
+            k for x in finals for r, k in x["sample_refused"].items() if r in key_reasons
+        )
+        result["models_merged"] = sum(x["merges"] for x in finals)
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -152,8 +183,10 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
     (out / "discovery.json").write_text(json.dumps(result, indent=2) + "\n")
+    keyed = ", an Ed25519 key each" if args.keys else ""
     table = Table(
-        title=f"{n} gossip-node processes on loopback, each told one seed, cyclon:{c}:{args.shuffle}"
+        title=f"{n} gossip-node processes on loopback, each told one seed,"
+        f" cyclon:{c}:{args.shuffle}{keyed}"
     )
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -165,6 +198,9 @@ def main() -> None:
         (f"dead entries {args.kill} kills + 20 periods later", result.get("dead_entries_after_20")),
         ("  of view entries", result.get("entries")),
         ("periods until no dead entry", result.get("periods_to_no_dead")),
+        ("models merged (survivors)", result.get("models_merged")),
+        ("models refused for their key", result.get("models_refused_for_keys")),
+        ("view exchanges refused for their key", result.get("exchanges_refused_for_keys")),
     ]
     for name, value in rows:
         table.add_row(

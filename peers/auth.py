@@ -14,6 +14,20 @@ A node holding both keys sends both, comma separated. A receiver that knows the 
 public key insists on its Ed25519 signature (a shared key, which every member holds, cannot
 prove who sent a message); otherwise it checks the HMAC.
 
+Keys learned on first use (``AuthConfig.learn_keys``, set by a node with a dynamic sampler,
+whose peers are mostly not in its peers file). A learning signer also announces its public
+key, ``X-Gossip-Auth: ed25519=<sig>, ed25519-key=<base64 public key>``. A learning verifier
+that holds no key for the sender checks the signature with the announced key and, once the
+whole message is accepted (signature, window, floor, nonce), *binds* the sender's id to that
+key: from then on the id is that key, exactly as if the peers file had listed it. A binding
+is never replaced, neither by another announced key (refused: ``bad_auth``) nor by anything
+else; keys in the peers file are pinned and win over announced ones. What first use cannot
+prevent: whoever first presents an id nobody has bound yet owns it at this node, so list the
+keys of the peers that matter (seeds, say) in the peers file. The learned bindings are
+bounded (``max_learned_keys``; the least recently seen one is forgotten, which opens first
+use again for that id), and a node keeps the bindings of the peers in its view across
+restarts (the checkpoint stores their keys with the view).
+
 Against replay, a verified message is accepted only when ``|now - timestamp| <= window_s``
 and its ``(sender, nonce)`` was not seen before. The nonce cache forgets a nonce once its
 timestamp has left the window (a replay of it would be stale anyway) and never holds more
@@ -85,6 +99,7 @@ import math
 import os
 import re
 import secrets
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -101,6 +116,7 @@ from gossip.errors import ConfigError
 AUTH_HEADER = "X-Gossip-Auth"
 HMAC_SCHEME = "hmac-sha256"
 ED25519_SCHEME = "ed25519"
+KEY_ITEM = "ed25519-key"  # the public key a learning signer announces with its signature
 KEY_PREFIX = "ed25519:"
 DOMAIN = b"gossip-v1\n"
 MIN_SHARED_KEY_BYTES = 16
@@ -137,14 +153,16 @@ class AuthConfig:
     shared_key: HMAC key every node shares (>= 16 bytes). private_key: this node's raw
     32-byte Ed25519 seed (to sign). public_keys: peer id -> raw Ed25519 public key (from
     peers.txt, to verify). window_s: accepted ``|now - timestamp|`` in seconds; also how
-    long nonces are remembered. With a shared key or any public key, unauthenticated
-    messages are refused (:attr:`require`).
+    long nonces are remembered. learn_keys: announce this node's public key and bind
+    unknown senders to the key they announce (see the module docstring). With a shared key,
+    any public key or learning, unauthenticated messages are refused (:attr:`require`).
     """
 
     shared_key: bytes | None = None
     private_key: bytes | None = None
     public_keys: Mapping[str, bytes] = field(default_factory=dict)
     window_s: float = 60.0
+    learn_keys: bool = False
 
     def __post_init__(self) -> None:
         if self.shared_key is not None and len(self.shared_key) < MIN_SHARED_KEY_BYTES:
@@ -168,7 +186,7 @@ class AuthConfig:
     @property
     def require(self) -> bool:
         """Whether incoming messages must be authenticated."""
-        return self.shared_key is not None or bool(self.public_keys)
+        return self.shared_key is not None or bool(self.public_keys) or self.learn_keys
 
 
 def signed_message(body: bytes) -> bytes:
@@ -190,6 +208,11 @@ class MessageSigner:
             if config.private_key is None
             else Ed25519PrivateKey.from_private_bytes(config.private_key)
         )
+        self._announce = (
+            base64.b64encode(public_key_of(config.private_key)).decode("ascii")
+            if config.private_key is not None and config.learn_keys
+            else None
+        )
 
     def headers(self, body: bytes) -> dict[str, str]:
         if self._private is None and self._shared_key is None:
@@ -199,6 +222,8 @@ class MessageSigner:
         if self._private is not None:
             sig = base64.b64encode(self._private.sign(message)).decode("ascii")
             items.append(f"{ED25519_SCHEME}={sig}")
+        if self._announce is not None:
+            items.append(f"{KEY_ITEM}={self._announce}")
         if self._shared_key is not None:
             items.append(f"{HMAC_SCHEME}={_hmac(self._shared_key, message)}")
         return {AUTH_HEADER: ", ".join(items)}
@@ -226,12 +251,21 @@ class MessageVerifier:
     """
 
     def __init__(
-        self, config: AuthConfig, max_nonces: int = 100_000, floor: float = -math.inf
+        self,
+        config: AuthConfig,
+        max_nonces: int = 100_000,
+        floor: float = -math.inf,
+        max_learned_keys: int = 65_536,
     ) -> None:
         if max_nonces < 1:
             raise ConfigError(f"max_nonces {max_nonces} must be at least 1")
+        if max_learned_keys < 1:
+            raise ConfigError(f"max_learned_keys {max_learned_keys} must be at least 1")
         self.config = config
         self.max_nonces = max_nonces
+        self.max_learned_keys = max_learned_keys
+        # id -> (raw key, key) learned on first use, least recently seen first
+        self._learned: OrderedDict[str, tuple[bytes, Ed25519PublicKey]] = OrderedDict()
         self._floor = -math.inf  # accepted timestamps are > this
         self._accepted_max = -math.inf  # the largest timestamp accepted
         self.raise_floor(floor)
@@ -246,6 +280,32 @@ class MessageVerifier:
     def __len__(self) -> int:
         """How many nonces are remembered."""
         return len(self._expiry)
+
+    def key_of(self, peer_id: str) -> bytes | None:
+        """The raw public key ``peer_id`` is bound to (pinned or learned), or None."""
+        pinned = self.config.public_keys.get(peer_id)
+        if pinned is not None:
+            return pinned
+        learned = self._learned.get(peer_id)
+        return None if learned is None else learned[0]
+
+    def learned_keys(self) -> dict[str, bytes]:
+        """The bindings learned on first use (id -> raw key), least recently seen first."""
+        return {peer_id: raw for peer_id, (raw, _) in self._learned.items()}
+
+    def bind(self, peer_id: str, raw: bytes) -> bool:
+        """Bind ``peer_id`` to ``raw`` unless it is bound already (a checkpoint's bindings
+        coming back); True when the id is now bound to exactly this key."""
+        bound = self.key_of(peer_id)
+        if bound is not None:
+            return bound == raw
+        self._learn(peer_id, raw, Ed25519PublicKey.from_public_bytes(raw))
+        return True
+
+    def _learn(self, peer_id: str, raw: bytes, public: Ed25519PublicKey) -> None:
+        while len(self._learned) >= self.max_learned_keys:
+            self._learned.popitem(last=False)
+        self._learned[peer_id] = (raw, public)
 
     @property
     def floor(self) -> float:
@@ -280,7 +340,7 @@ class MessageVerifier:
             return  # nothing to check against: authentication is off
         if header is None or not header.strip():
             raise AuthError(AuthReason.MISSING_AUTH, f"no {AUTH_HEADER} header")
-        self._check_signature(sender, body, _parse_header(header))
+        learned = self._check_signature(sender, body, _parse_header(header))
         window = self.config.window_s
         if not abs(now - timestamp) <= window:  # also catches NaN
             raise AuthError(
@@ -299,9 +359,30 @@ class MessageVerifier:
             raise AuthError(AuthReason.REPLAY, f"nonce {nonce[:64]!r} of {sender[:128]!r} seen")
         self._remember(key, timestamp + window)
         self._accepted_max = max(self._accepted_max, timestamp)
+        if learned is not None:  # first use: bound only now that all of it is accepted
+            self._learn(sender, *learned)
+        elif sender in self._learned:
+            self._learned.move_to_end(sender)
 
-    def _check_signature(self, sender: str, body: bytes, items: dict[str, str]) -> None:
+    def _check_signature(
+        self, sender: str, body: bytes, items: dict[str, str]
+    ) -> tuple[bytes, Ed25519PublicKey] | None:
+        """Check the signature; returns the announced key to bind the sender to when this
+        is its first use, else None."""
         public = self._public.get(sender)
+        learned = self._learned.get(sender)
+        if public is None and learned is not None:
+            public = learned[1]
+        announced = self._announced(items) if self.config.learn_keys else None
+        pending = None
+        if public is not None and announced is not None and announced != self.key_of(sender):
+            raise AuthError(
+                AuthReason.BAD_AUTH,
+                f"{sender[:128]!r} announces another key than the one bound to it",
+            )
+        if public is None and announced is not None and ED25519_SCHEME in items:
+            public = Ed25519PublicKey.from_public_bytes(announced)
+            pending = (announced, public)
         if public is not None:
             sig_text = items.get(ED25519_SCHEME)
             if sig_text is None:
@@ -315,18 +396,36 @@ class MessageVerifier:
                 public.verify(sig, signed_message(body))
             except (InvalidSignature, ValueError, binascii.Error):
                 raise AuthError(AuthReason.BAD_AUTH, "bad ed25519 signature") from None
-            return
+            return pending
         shared = self.config.shared_key
         if shared is not None and HMAC_SCHEME in items:
             expected = _hmac(shared, signed_message(body))
             if not hmac.compare_digest(expected.encode(), items[HMAC_SCHEME].lower().encode()):
                 raise AuthError(AuthReason.BAD_AUTH, "bad hmac-sha256")
-            return
+            return None
         if ED25519_SCHEME in items:
             raise AuthError(
-                AuthReason.UNKNOWN_SENDER, f"no public key for {sender[:128]!r} in the peers file"
+                AuthReason.UNKNOWN_SENDER,
+                f"no public key for {sender[:128]!r} in the peers file"
+                + (f" and it announced none ({KEY_ITEM})" if self.config.learn_keys else ""),
             )
         raise AuthError(AuthReason.BAD_AUTH, f"no usable scheme in {AUTH_HEADER}")
+
+    @staticmethod
+    def _announced(items: dict[str, str]) -> bytes | None:
+        """The raw key of an ``ed25519-key`` item (None without one; bad_auth if bad)."""
+        text = items.get(KEY_ITEM)
+        if text is None:
+            return None
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != ED25519_KEY_BYTES:
+            raise AuthError(
+                AuthReason.BAD_AUTH, f"{KEY_ITEM} is not the base64 of a {ED25519_KEY_BYTES}-byte key"
+            )
+        return raw
 
     def _expire(self, now: float) -> None:
         while self._heap and self._heap[0][0] < now:
@@ -368,12 +467,19 @@ class KeyFile:
     key: bytes
 
     def auth_config(
-        self, public_keys: Mapping[str, bytes] | None = None, window_s: float = 60.0
+        self,
+        public_keys: Mapping[str, bytes] | None = None,
+        window_s: float = 60.0,
+        *,
+        learn_keys: bool = False,
     ) -> AuthConfig:
-        """An :class:`AuthConfig` using this key (and the peers' public keys)."""
+        """An :class:`AuthConfig` using this key (and the peers' public keys); ``learn_keys``
+        applies to an Ed25519 key only."""
         keys = public_keys or {}
         if self.kind == "ed25519":
-            return AuthConfig(private_key=self.key, public_keys=keys, window_s=window_s)
+            return AuthConfig(
+                private_key=self.key, public_keys=keys, window_s=window_s, learn_keys=learn_keys
+            )
         return AuthConfig(shared_key=self.key, public_keys=keys, window_s=window_s)
 
 
@@ -405,6 +511,17 @@ def generate_shared_key(nbytes: int = 32) -> bytes:
 def format_public_key(pub: bytes) -> str:
     """``ed25519:<base64>``, as written in peers.txt."""
     return KEY_PREFIX + base64.b64encode(pub).decode("ascii")
+
+
+def parse_public_key(text: str) -> bytes | None:
+    """The raw key of ``ed25519:<base64>`` (as :func:`format_public_key` writes), else None."""
+    if not text.startswith(KEY_PREFIX):
+        return None
+    try:
+        raw = base64.b64decode(text[len(KEY_PREFIX) :], validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if len(raw) == ED25519_KEY_BYTES else None
 
 
 def format_private_key(seed: bytes) -> str:

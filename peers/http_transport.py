@@ -11,7 +11,10 @@ event loop stays responsive.
 A view exchange of a dynamic sampler (Cyclon, Newscast) is a ``POST /v1/sample`` of a JSON
 envelope ``{"exchange", "nonce", "timestamp"}`` answered by the same envelope, both signed
 and replay-checked like models; the addresses in its descriptors are learned, except for
-peers listed in the peers file, which keep their listed address.
+peers listed in the peers file, which keep their listed address. With Ed25519 keys, the keys
+in descriptors are checked against the ids' bindings (:func:`sampling.views.check_keys`) and
+sent as bound (:func:`sampling.views.with_keys`); ids are bound by their own first signed
+message (see :mod:`peers.auth`).
 """
 
 from __future__ import annotations
@@ -31,9 +34,16 @@ import aiohttp
 
 from gossip.codec import CodecError, MessageMeta, decode, encode, max_message_bytes, read_meta
 from gossip.state import ModelSchema
-from peers.auth import AUTH_HEADER, AuthError, MessageSigner, MessageVerifier
+from peers.auth import AUTH_HEADER, AuthError, MessageSigner, MessageVerifier, format_public_key
 from peers.transport import ModelMessage, ModelSink, ModelSnapshot, SendOutcome, Transport
-from sampling.views import Descriptor, ExchangeRefused, ViewExchange, parse_exchange
+from sampling.views import (
+    Descriptor,
+    ExchangeRefused,
+    ViewExchange,
+    check_keys,
+    parse_exchange,
+    with_keys,
+)
 
 log = logging.getLogger("gossip.node")
 CONTENT_TYPE = "application/vnd.gossip.safetensors"
@@ -201,7 +211,7 @@ class HttpTransport(Transport):
         nonce and a timestamp so that it is signed and replay-checked like a model."""
         self._sample_nonce += 1
         envelope = {
-            "exchange": exchange.to_json(),
+            "exchange": with_keys(exchange, self.key_text).to_json(),
             "nonce": f"s{time.time_ns()}-{self._sample_nonce}",
             "timestamp": time.time(),
         }
@@ -231,8 +241,14 @@ class HttpTransport(Transport):
             sender=exchange.sender.peer_id, nonce=nonce, timestamp=float(timestamp), body=body,
             header=auth_header, now=time.time(),
         )  # fmt: skip
+        exchange = check_keys(exchange, self.key_text)
         self.learn(exchange)
         return exchange
+
+    def key_text(self, peer_id: str) -> str | None:
+        """The key ``peer_id`` is bound to, as descriptor text, or None."""
+        raw = self.verifier.key_of(peer_id)
+        return None if raw is None else format_public_key(raw)
 
     def learn(self, exchange: ViewExchange) -> None:
         """Remember where the peers an exchange names can be reached (http/https URLs only;

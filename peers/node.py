@@ -30,7 +30,16 @@ from gossip.learner import Learner, LocalData
 from gossip.models import build_model_for
 from gossip.partition import partition, partition_generator
 from gossip.seeding import peer_stream, peer_torch_seed
-from peers.auth import AuthConfig, MessageSigner, MessageVerifier, load_key_file, restart_floor
+from peers.auth import (
+    AuthConfig,
+    MessageSigner,
+    MessageVerifier,
+    format_public_key,
+    load_key_file,
+    parse_public_key,
+    public_key_of,
+    restart_floor,
+)
 from peers.checkpoint import CheckpointStore, counters_snapshot, restore_counters
 from peers.http_transport import HttpConfig, HttpTransport
 from peers.node_config import NodeConfig
@@ -115,8 +124,11 @@ class Node:
         )
         self.schema = self.learner.state.schema
         keys = load_key_file(config.auth_key_file) if config.auth_key_file else None
+        # A node with its own Ed25519 key and a dynamic sampler meets peers its file does not
+        # list: it binds their ids to the keys they announce on first use (peers.auth).
+        learn = keys is not None and keys.kind == "ed25519" and is_dynamic(config.sampler)
         auth = (
-            keys.auth_config(public_keys(entries), config.auth_window)
+            keys.auth_config(public_keys(entries), config.auth_window, learn_keys=learn)
             if keys
             else AuthConfig(public_keys=public_keys(entries), window_s=config.auth_window)
         )
@@ -139,7 +151,8 @@ class Node:
                 seeding.stream(config.seed, seeding.SAMPLING_FIRST + index)
             )
             advertised = (config.advertise or f"http://{config.host}:{config.port}").rstrip("/")
-            own = Descriptor(self.node_id, advertised)
+            own_key = format_public_key(public_key_of(auth.private_key)) if learn else ""
+            own = Descriptor(self.node_id, advertised, key=own_key)
             seeds = [Descriptor(e.peer_id, e.url, 1) for e in self.others]
             self.sampler = build_view_sampler(config.sampler, own, seeds, sampling_rng)
         else:
@@ -212,8 +225,13 @@ class Node:
         if ckpt is None:
             return
         self.learner.state.load_flat(ckpt.flat.to(self.learner.state.flat.device), ckpt.age)
-        if isinstance(self.sampler, ViewSampler):  # the view it had, with its addresses
-            self.transport.learn_addresses(self.sampler.restore_view(ckpt.sampler_view))
+        if isinstance(self.sampler, ViewSampler):  # the view it had, addresses and keys
+            restored = self.sampler.restore_view(ckpt.sampler_view)
+            self.transport.learn_addresses(restored)
+            for d in restored:
+                raw = parse_public_key(d.key) if self.verifier.config.learn_keys else None
+                if raw is not None:
+                    self.verifier.bind(d.peer_id, raw)
         ignored = restore_counters(self.peer.counters, ckpt.counters)
         if ignored:
             log.info("checkpoint counters not restored (unknown or wrong type): %s", ignored)
@@ -241,7 +259,7 @@ class Node:
             flat.cpu(),
             age,
             self.schema.hash,
-            self.sampler.saved_view()
+            self.sampler.saved_view(self.transport.key_text)
             if isinstance(self.sampler, ViewSampler)
             else list(self.sampler.known_peers()),
             counters,

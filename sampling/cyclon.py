@@ -35,10 +35,11 @@ import numpy as np
 
 from gossip.errors import ConfigError
 from sampling.base import PeerSampler
-from sampling.views import Descriptor, ExchangeRefused, ViewExchange, check_exchange
+from sampling.views import Descriptor, ExchangeRefused, KeyOf, ViewExchange, check_exchange
 
 _SAVED_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _SAVED_URL = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]{1,255}")
+_SAVED_KEY = re.compile(r"ed25519:[A-Za-z0-9+/]{43}=")  # base64 of 32 bytes
 
 
 class ViewSampler(PeerSampler):
@@ -114,25 +115,37 @@ class ViewSampler(PeerSampler):
     def descriptors(self) -> list[Descriptor]:
         return list(self.view.values())
 
-    def saved_view(self) -> list[str]:
+    def saved_view(self, key_of: KeyOf | None = None) -> list[str]:
         """The view as ``"ID ADDRESS"`` strings (what a checkpoint keeps), with the peers out
-        for an exchange whose answer has not come, up to c in all."""
+        for an exchange whose answer has not come, up to c in all. With ``key_of`` (id ->
+        the key bound to it, or None), a bound id is saved as ``"ID ADDRESS KEY"`` (address
+        ``-`` when there is none) so that its binding comes back with it."""
         held = list(self.view.values())
         held += [d for k, d in self.away.items() if k not in self.view][: self.c - len(held)]
-        return [f"{d.peer_id} {d.address}".strip() for d in held]
+        out = []
+        for d in held:
+            key = key_of(d.peer_id) if key_of is not None else None
+            out.append(f"{d.peer_id} {d.address or '-'} {key}" if key else
+                       f"{d.peer_id} {d.address}".strip())  # fmt: skip
+        return out
 
     def restore_view(self, saved: Iterable[str]) -> list[Descriptor]:
         """Take back a :meth:`saved_view` (entries that do not parse are skipped; at most
-        c, never itself); returns the descriptors restored."""
+        c, never itself); returns the descriptors restored, with their saved keys."""
         restored = []
         for text in saved:
             parts = text.split(" ")
-            if len(parts) > 2 or not _SAVED_ID.fullmatch(parts[0]) or parts[0] == self.self_id:
+            if len(parts) > 3 or not _SAVED_ID.fullmatch(parts[0]) or parts[0] == self.self_id:
                 continue
-            address = parts[1] if len(parts) == 2 else ""
-            if address and not _SAVED_URL.fullmatch(address):
+            address = parts[1] if len(parts) >= 2 else ""
+            key = parts[2] if len(parts) == 3 else ""
+            if len(parts) == 3 and not _SAVED_KEY.fullmatch(key):
                 continue
-            restored.append(Descriptor(parts[0], address, 1))
+            if len(parts) == 3 and address == "-":
+                address = ""
+            elif address and not _SAVED_URL.fullmatch(address):
+                continue
+            restored.append(Descriptor(parts[0], address, 1, key))
         if restored:
             self.view = {}
             for d in restored[: self.c]:

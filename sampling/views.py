@@ -15,8 +15,8 @@ sampler allows, or that tries to inflate freshness (see :func:`check_exchange`).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 MAX_ID = 128
@@ -135,3 +135,36 @@ def check_exchange(msg: ViewExchange, max_entries: int, sender_id: str | None = 
     for d in msg.entries:
         if d.age == 0 and d.peer_id != msg.sender.peer_id:
             raise ExchangeRefused("fresh_claim", f"entry {d.peer_id} claims age 0")
+
+
+KeyOf = Callable[[str], "str | None"]
+
+
+def check_keys(msg: ViewExchange, key_of: KeyOf) -> ViewExchange:
+    """The exchange as this peer takes it in, given ``key_of(id)``: the key it has bound
+    ``id`` to, as descriptor text (``ed25519:<base64>``), or None.
+
+    A descriptor whose key contradicts a binding refuses the whole exchange (``wrong_key``):
+    called after the exchange is authenticated, so its sender is bound already where keys
+    are used, and an honest sender only sends keys it has bound itself (:func:`with_keys`).
+    The key of an id not bound here is dropped, not kept as news: only a peer's own signed
+    message binds its id, and an unverified key passed on could make honest peers'
+    exchanges refused wherever the real key is bound."""
+    entries = []
+    for d in (msg.sender, *msg.entries):
+        bound = key_of(d.peer_id)
+        if d.key and bound is not None and d.key != bound:
+            raise ExchangeRefused("wrong_key", f"{d.peer_id} is bound to another key")
+        entries.append(d if bound is not None or not d.key else replace(d, key=""))
+    return ViewExchange(entries[0], tuple(entries[1:]), msg.reply)
+
+
+def with_keys(msg: ViewExchange, key_of: KeyOf) -> ViewExchange:
+    """The exchange as this peer sends it: every descriptor carries the key this peer has
+    bound its id to, and no other (the sender's own descriptor keeps its own key)."""
+
+    def keyed(d: Descriptor) -> Descriptor:
+        return replace(d, key=key_of(d.peer_id) or "")
+
+    sender = msg.sender if msg.sender.key else keyed(msg.sender)
+    return ViewExchange(sender, tuple(keyed(d) for d in msg.entries), msg.reply)

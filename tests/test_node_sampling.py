@@ -14,7 +14,16 @@ import aiohttp
 import pytest
 from netutil import free_ports
 
-from peers.auth import format_shared_key, write_key_file
+from peers.auth import (
+    AUTH_HEADER,
+    AuthConfig,
+    MessageSigner,
+    format_private_key,
+    format_public_key,
+    format_shared_key,
+    public_key_of,
+    write_key_file,
+)
 from peers.node import Node
 from peers.node_config import NodeConfig
 from sampling.views import Descriptor, ViewExchange
@@ -181,3 +190,96 @@ def test_a_learned_view_survives_a_checkpoint_exactly(tmp_path: Path) -> None:
     again.restore()
     assert set(again.sampler.known_peers()) == {f"n{seed}", learned.peer_id}
     assert again.transport.peers[learned.peer_id] == learned.address
+
+
+def _keyed_nodes(tmp_path: Path, ports: list[int], **kw: Any) -> tuple[list[Node], list[bytes]]:
+    """Nodes with their own Ed25519 keys, each told only the seed (ports[0]) and its key."""
+    seeds = [bytes([i + 7]) * 32 for i in range(len(ports))]
+    for i, seed in enumerate(seeds):
+        write_key_file(tmp_path / f"key{i}", format_private_key(seed), overwrite=True)
+    seed_line = f"127.0.0.1:{ports[0]} n{ports[0]} {format_public_key(public_key_of(seeds[0]))}\n"
+    nodes = []
+    for i, p in enumerate(ports):
+        config = _config(tmp_path, p, ports[0], i, len(ports), auth_key_file=str(tmp_path / f"key{i}"),
+                         **kw)  # fmt: skip
+        Path(config.peers).write_text(seed_line)
+        nodes.append(Node(config))
+    return nodes, [public_key_of(s) for s in seeds]
+
+
+def _signed_exchange(seed: bytes, exchange: ViewExchange, nonce: str) -> tuple[bytes, str]:
+    body = _envelope(exchange.to_json(), nonce)
+    signer = MessageSigner(AuthConfig(private_key=seed, learn_keys=True))
+    return body, signer.headers(body)[AUTH_HEADER]
+
+
+async def _post_signed(port: int, body: bytes, header: str) -> tuple[int, dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://127.0.0.1:{port}/v1/sample", data=body, headers={AUTH_HEADER: header}
+        ) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+async def test_with_ed25519_keys_discovered_ids_are_bound_to_their_keys(tmp_path: Path) -> None:
+    ports = free_ports(4)
+    nodes, pubs = _keyed_nodes(tmp_path, ports)
+    key_of_port = dict(zip((f"n{p}" for p in ports), pubs, strict=True))
+    for node in nodes:
+        await node.start()
+    try:
+        await _until(lambda: all(len(n.sampler.known_peers()) >= 2 for n in nodes))
+        # Models travel between peers that no peers file names: their keys were learned.
+        await _until(lambda: all(n.peer.counters.merges > 0 for n in nodes[1:]))
+        for node in nodes:
+            assert node.status()["sample_refused"] == {}
+            # every id it has bound (first use, or the seed's pinned key) is bound right
+            learned = node.verifier.learned_keys()
+            assert learned and all(key_of_port[p] == k for p, k in learned.items())
+            # descriptors in the view carry bound keys only, never a contradicting one
+            for d in node.sampler.descriptors():  # type: ignore[attr-defined]
+                assert d.key in ("", format_public_key(key_of_port[d.peer_id]))
+        victim, target = f"n{ports[2]}", nodes[1]
+        await _until(lambda: target.verifier.key_of(victim) is not None)
+        # Mallory signs as a bound id with her own key: refused, the binding stays.
+        mallory_seed = bytes([99]) * 32
+        claimed = Descriptor(victim, "http://127.0.0.1:9")
+        body, header = _signed_exchange(mallory_seed, ViewExchange(claimed, (claimed,)), "m1")
+        got, answer = await _post_signed(ports[1], body, header)
+        assert (got, answer["reason"]) == (401, "bad_auth")
+        assert target.verifier.key_of(victim) == key_of_port[victim]
+        # Under her own new id she is bound, but an entry naming the victim with her key
+        # refuses the whole exchange.
+        me = Descriptor("mallory", "http://127.0.0.1:9")
+        forged = Descriptor(victim, "http://127.0.0.1:9", 1, format_public_key(public_key_of(mallory_seed)))
+        body, header = _signed_exchange(mallory_seed, ViewExchange(me, (forged,)), "m2")
+        got, answer = await _post_signed(ports[1], body, header)
+        assert (got, answer["reason"]) == (400, "wrong_key")
+        assert target.status()["sample_refused"] == {"bad_auth": 1, "wrong_key": 1}
+        assert target.transport.peers.get(victim) == f"http://127.0.0.1:{ports[2]}"
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+def test_learned_keys_come_back_with_the_view_from_the_checkpoint(tmp_path: Path) -> None:
+    ports = free_ports(3)
+    ckpt = str(tmp_path / "ckpt")
+    nodes, pubs = _keyed_nodes(tmp_path, ports, checkpoint_dir=ckpt)
+    node = nodes[1]
+    other = f"n{ports[2]}"
+    learned = Descriptor(other, f"http://127.0.0.1:{ports[2]}", 3)
+    node.sampler.view[other] = learned  # type: ignore[attr-defined]
+    unbound = Descriptor("n1", "http://127.0.0.1:1", 2)
+    node.sampler.view["n1"] = unbound  # type: ignore[attr-defined]
+    assert node.verifier.bind(other, pubs[2])
+    node.checkpoint()
+    again = _keyed_nodes(tmp_path, ports, checkpoint_dir=ckpt)[0][1]
+    assert again.verifier.key_of(other) is None
+    again.restore()
+    assert again.verifier.key_of(other) == pubs[2]  # the binding is back
+    assert again.verifier.key_of("n1") is None  # nothing was bound for it
+    assert again.verifier.key_of(f"n{ports[0]}") == pubs[0]  # pinned by the peers file
+    assert set(again.sampler.known_peers()) == {f"n{ports[0]}", other, "n1"}

@@ -10,7 +10,14 @@ import pytest
 
 from gossip.errors import ConfigError
 from sampling.cyclon import CyclonSampler, NewscastSampler
-from sampling.views import Descriptor, ExchangeRefused, ViewExchange, parse_exchange
+from sampling.views import (
+    Descriptor,
+    ExchangeRefused,
+    ViewExchange,
+    check_keys,
+    parse_exchange,
+    with_keys,
+)
 from sim.overlay import (
     OverlayConfig,
     overlay_metrics,
@@ -261,3 +268,75 @@ def test_a_saved_view_keeps_the_peer_out_for_an_exchange() -> None:
     assert "p1 10.0.0.1:80" in s.saved_view()
     s.report_failure("p1")  # no answer: gone for good
     assert all(not e.startswith("p1 ") for e in s.saved_view())
+
+
+# ----------------------------------------------------------------------------- keys
+
+KEY_A = "ed25519:" + "A" * 43 + "="
+KEY_M = "ed25519:" + "M" * 43 + "="
+
+
+def _key_of(bound: dict[str, str]):
+    return bound.get
+
+
+def test_check_keys_refuses_a_descriptor_that_contradicts_a_binding() -> None:
+    sender = Descriptor("s", "http://s:1", 0, KEY_M)
+    msg = ViewExchange(sender, (Descriptor("a", "http://a:1", 1, KEY_M),))
+    with pytest.raises(ExchangeRefused) as info:
+        check_keys(msg, _key_of({"s": KEY_M, "a": KEY_A}))
+    assert info.value.reason == "wrong_key" and "a is bound" in str(info.value)
+    # the sender's own descriptor is checked too
+    with pytest.raises(ExchangeRefused, match="s is bound"):
+        check_keys(ViewExchange(sender, ()), _key_of({"s": KEY_A}))
+
+
+def test_check_keys_keeps_bound_keys_and_drops_unverified_ones() -> None:
+    msg = ViewExchange(
+        Descriptor("s", "http://s:1", 0, KEY_M),
+        (Descriptor("a", "http://a:1", 1, KEY_A), Descriptor("u", "http://u:1", 2, KEY_M),
+         Descriptor("n", "http://n:1", 3)),
+        reply=True,
+    )  # fmt: skip
+    out = check_keys(msg, _key_of({"s": KEY_M, "a": KEY_A}))
+    assert [d.key for d in (out.sender, *out.entries)] == [KEY_M, KEY_A, "", ""]
+    assert out.reply and [d.age for d in out.entries] == [1, 2, 3]
+    assert [d.address for d in out.entries] == ["http://a:1", "http://u:1", "http://n:1"]
+
+
+def test_with_keys_sends_exactly_the_bound_keys() -> None:
+    msg = ViewExchange(
+        Descriptor("me", "http://me:1", 0, KEY_A),
+        (Descriptor("a", "http://a:1", 1, KEY_M), Descriptor("u", "http://u:1", 2, KEY_M)),
+    )
+    out = with_keys(msg, _key_of({"a": KEY_A}))
+    assert out.sender.key == KEY_A  # its own key stays
+    assert [d.key for d in out.entries] == [KEY_A, ""]
+    unkeyed = with_keys(ViewExchange(Descriptor("me", "http://me:1"), ()), _key_of({"me": KEY_M}))
+    assert unkeyed.sender.key == KEY_M
+
+
+def test_a_saved_view_keeps_bound_keys_and_restores_them() -> None:
+    rng = np.random.default_rng(0)
+    sampler = CyclonSampler(Descriptor("me", "http://me:1"), [], rng, 4, 2)
+    sampler.view = {
+        "a": Descriptor("a", "http://a:1", 1),
+        "b": Descriptor("b", "", 1),
+        "c": Descriptor("c", "http://c:1", 1),
+    }
+    saved = sampler.saved_view(_key_of({"a": KEY_A, "b": KEY_M}))
+    assert saved == [f"a http://a:1 {KEY_A}", f"b - {KEY_M}", "c http://c:1"]
+    again = CyclonSampler(Descriptor("me", "http://me:1"), [], rng, 4, 2)
+    restored = {d.peer_id: d for d in again.restore_view(saved)}
+    assert (restored["a"].key, restored["a"].address) == (KEY_A, "http://a:1")
+    assert (restored["b"].key, restored["b"].address) == (KEY_M, "")
+    assert restored["c"].key == ""
+
+
+@pytest.mark.parametrize(
+    "entry", ["a http://a:1 ed25519:short=", "a http://a:1 rsa:" + "A" * 43 + "=",
+              f"a http://a:1 {KEY_A} extra", f"a nota-url {KEY_A}", f"a - {KEY_A}x"],
+)  # fmt: skip
+def test_a_saved_entry_with_a_bad_key_part_is_skipped(entry: str) -> None:
+    sampler = CyclonSampler(Descriptor("me", "http://me:1"), [], np.random.default_rng(0), 4, 2)
+    assert sampler.restore_view([entry, "b http://b:1"]) == [Descriptor("b", "http://b:1", 1)]
