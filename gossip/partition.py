@@ -146,8 +146,8 @@ def _natural(
 ) -> np.ndarray:
     if groups is None:
         raise ConfigError(
-            "partition 'natural' needs a dataset with groups (e.g. shakespeare, or npz with "
-            "'groups'); use iid, dirichlet:ALPHA or shards:K"
+            "partition 'natural' needs a dataset with groups (e.g. shakespeare, leaf:DIR, or npz "
+            "with 'groups'); use iid, dirichlet:ALPHA or shards:K"
         )
     groups = np.asarray(groups)
     if groups.shape != (n,):

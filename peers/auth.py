@@ -423,7 +423,8 @@ class MessageVerifier:
             raw = b""
         if len(raw) != ED25519_KEY_BYTES:
             raise AuthError(
-                AuthReason.BAD_AUTH, f"{KEY_ITEM} is not the base64 of a {ED25519_KEY_BYTES}-byte key"
+                AuthReason.BAD_AUTH,
+                f"{KEY_ITEM} is not the base64 of a {ED25519_KEY_BYTES}-byte key",
             )
         return raw
 

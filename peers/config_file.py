@@ -10,6 +10,7 @@ was expected and what was found; ranges and names are the dataclass's own ``__po
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 import types
 import typing
@@ -22,11 +23,20 @@ C = TypeVar("C")
 _MAX_SHOWN = 60  # characters of a wrong value shown in an error
 
 
-def config_from_toml(cls: type[C], path: str | Path, section: str, overrides: dict[str, Any]) -> C:
-    """``cls`` built from the fields of a TOML file (at top level or under ``[section]``);
-    ``overrides`` (the flags given on the command line) win. Errors are one line."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict; every problem (missing, not UTF-8, bad TOML) is one line.
+    A ``.json`` file is read as JSON (a run's config.json is a valid config file)."""
     try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
+        if Path(path).suffix.lower() == ".json":
+            try:
+                obj = json.loads(text)
+            except ValueError as e:
+                raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+            if not isinstance(obj, dict):
+                raise ConfigError(f"config file {path}: expected a JSON object")
+            return {k: v for k, v in obj.items() if v is not None}  # TOML has no null either
+        return tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found") from None
     except IsADirectoryError:
@@ -37,11 +47,10 @@ def config_from_toml(cls: type[C], path: str | Path, section: str, overrides: di
         raise ConfigError(f"config file {path} cannot be read ({e.strerror or e})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-    table = raw.get(section, raw)
-    if not isinstance(table, dict):
-        raise ConfigError(
-            f"config file {path}: {section} must be a table ([{section}]), got {_shown(table)}"
-        )
+
+
+def config_values(cls: type[C], table: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The fields of ``cls`` that ``table`` (read from ``path``) sets, type-checked."""
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(table) - known)
     if unknown:
@@ -53,7 +62,19 @@ def config_from_toml(cls: type[C], path: str | Path, section: str, overrides: di
         if problem is not None:
             raise ConfigError(f"config file {path}: {name} must be {problem}, got {_shown(value)}")
         values[name] = _as_float(value) if _is_float_field(hints[name]) else value
-    return cls(**{**values, **overrides})
+    return values
+
+
+def config_from_toml(cls: type[C], path: str | Path, section: str, overrides: dict[str, Any]) -> C:
+    """``cls`` built from the fields of a TOML file (at top level or under ``[section]``);
+    ``overrides`` (the flags given on the command line) win. Errors are one line."""
+    raw = read_toml(path)
+    table = raw.get(section, raw)
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"config file {path}: {section} must be a table ([{section}]), got {_shown(table)}"
+        )
+    return cls(**{**config_values(cls, table, path), **overrides})
 
 
 def type_problem(hint: Any, value: object) -> str | None:

@@ -151,7 +151,8 @@ class Node:
                 seeding.stream(config.seed, seeding.SAMPLING_FIRST + index)
             )
             advertised = (config.advertise or f"http://{config.host}:{config.port}").rstrip("/")
-            own_key = format_public_key(public_key_of(auth.private_key)) if learn else ""
+            private = auth.private_key
+            own_key = format_public_key(public_key_of(private)) if learn and private else ""
             own = Descriptor(self.node_id, advertised, key=own_key)
             seeds = [Descriptor(e.peer_id, e.url, 1) for e in self.others]
             self.sampler = build_view_sampler(config.sampler, own, seeds, sampling_rng)

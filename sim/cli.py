@@ -202,6 +202,108 @@ def overlay(
 
 
 @app.command()
+@with_config_options
+def sweep(
+    ctx: typer.Context,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--grid",
+            help="an axis FIELD=V1,V2 over any simulation field (repeat for more axes; separate"
+            " values by ';' when they hold commas)",
+        ),
+    ] = None,
+    seeds: Annotated[
+        int | None, typer.Option(help="runs per cell, seeds --seed .. --seed + K - 1 (default 1)")
+    ] = None,
+    target: Annotated[
+        float | None, typer.Option(help="accuracy for periods_to_target (e.g. 0.85)")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="runs at once (1: one after another here)")] = 2,
+    executor: Annotated[str, typer.Option(help="process (a local pool) or ray")] = "process",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster: auto or HOST:PORT (default: a local Ray instance)"),
+    ] = None,
+    config_file: ConfigOpt = None,
+    out: OutOpt = None,
+    **config_fields: Any,
+) -> None:
+    """Run a grid of simulations x seeds (resumable), on a process pool or a Ray cluster;
+    write results.csv, aggregate.csv and the convergence report (report.md + PNGs)."""
+    from sim.experiments.executors import make_executor
+    from sim.experiments.grid import grid_from_options, make_plan, sweep_file
+    from sim.experiments.sweep import run_sweep
+    from sim.report import sweep_table
+
+    try:
+        given = given_on_command_line(ctx, config_fields)
+        axes: dict[str, list[Any]] = {}
+        options: dict[str, Any] = {}
+        if config_file is not None:
+            fixed, axes, options = sweep_file(config_file)
+            base = SimConfig(**{**fixed, **given})
+        else:
+            base = SimConfig(**config_fields)
+        for name, values in grid_from_options(grid or []).items():
+            axes[name] = values  # the command line wins over the file
+        plan = make_plan(
+            base, axes,
+            seeds if seeds is not None else int(options.get("seeds", 1)),
+            target if target is not None else options.get("target"),
+        )  # fmt: skip
+        where = out or _default_out("sweep")
+        result = run_sweep(plan, where, make_executor(executor, workers, ray_address))
+    except GossipError as e:
+        _fail(e)
+    from rich.console import Console
+
+    console = Console()
+    console.print(sweep_table(result.plan, result.aggregates))
+    console.print(
+        f"{result.ran} runs in {result.wall_s:.1f} s; results: {where}/results.csv,"
+        " aggregate.csv, report.md",
+        highlight=False,
+    )
+
+
+@app.command()
+def report(
+    directory: Annotated[Path, typer.Argument(help="a sweep's output directory")],
+    target: Annotated[
+        float | None, typer.Option(help="accuracy for periods_to_target (default: the sweep's)")
+    ] = None,
+) -> None:
+    """(Re)write a sweep's results.csv, aggregate.csv and report.md from its run files."""
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    from sim.experiments.analysis import aggregate
+    from sim.experiments.report import write_report
+    from sim.experiments.sweep import (
+        aggregate_columns,
+        load_sweep,
+        result_columns,
+        write_csv,
+    )
+    from sim.report import sweep_table
+
+    try:
+        plan, rows = load_sweep(directory)
+        if target is not None:  # the rows are analysed again from the run files
+            plan, rows = load_sweep(directory, replace(plan, target=target))
+        agg = aggregate(rows, list(plan.grid))
+        write_csv(directory / "results.csv", rows, result_columns(plan))
+        write_csv(directory / "aggregate.csv", agg, aggregate_columns(plan))
+        path = write_report(directory, plan, rows, agg)
+    except GossipError as e:
+        _fail(e)
+    Console().print(sweep_table(plan, agg))
+    typer.echo(f"{len(rows)} runs; report: {path}")
+
+
+@app.command()
 def topologies() -> None:
     """List the topologies and their parameters."""
     from sim.topology import TOPOLOGIES

@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # the CLI imports this module for --help: keep torch out of i
     from peers.peer import PeerConfig
     from sim.network import NetworkConfig
 
-SAMPLERS = ("neighbours", "uniform")
+SAMPLERS = ("neighbours", "neighbours-balanced", "uniform")
 ALGORITHMS = ("gossip", "fedavg")
 
 # One line of help per field: the CLI flags and the README are generated from it.
@@ -25,10 +25,11 @@ FIELD_HELP: dict[str, str] = {
     "prox_mu": "fedavg: FedProx's proximal term mu (0 = plain FedAvg)",
     "peers": "number of peers",
     "topology": "graph the peers gossip over (see `gossip-sim topologies`)",
-    "sampler": "neighbours: gossip along topology edges; uniform: any peer; cyclon:C:L or newscast:C: dynamic partial views, bootstrapped from the topology",
+    "sampler": "neighbours: gossip along topology edges; neighbours-balanced: along edges, weighted so that every peer expects one model a period; uniform: any peer; cyclon:C:L or newscast:C: dynamic partial views, bootstrapped from the topology",
     "sample_period": "seconds between a peer's view exchanges with a dynamic sampler (0 = the gossip period)",
     "allow_disconnected": "accept a disconnected topology instead of refusing it",
-    "dataset": "digits, mnist, fashion-mnist, cifar10, cifar100, mnist1d, shakespeare, npz:PATH",
+    "init": "shared: every peer starts from one model (gossip learning); independent: each from its own random model (consensus experiments, e.g. with --local-steps 0)",
+    "dataset": "digits, mnist, fashion-mnist, cifar10, cifar100, mnist1d, shakespeare, npz:PATH, leaf:DIR",
     "data_dir": "directory holding the dataset files (default: the dataset's usual place)",
     "download": "download the dataset if missing (mnist, fashion-mnist, cifar10/100; needs internet)",
     "partition": "iid, dirichlet:ALPHA, shards:K or natural",
@@ -98,6 +99,7 @@ class SimConfig:
     sampler: str = "neighbours"
     sample_period: float = 0.0
     allow_disconnected: bool = False
+    init: str = "shared"
     dataset: str = "digits"
     data_dir: str | None = None
     download: bool = False
@@ -154,6 +156,10 @@ class SimConfig:
             raise ConfigError(
                 f"unknown algorithm {self.algorithm!r}; choose one of: {', '.join(ALGORITHMS)}"
             )
+        if self.init not in ("shared", "independent"):
+            raise ConfigError(f"unknown init {self.init!r}; choose shared or independent")
+        if self.init != "shared" and self.algorithm != "gossip":
+            raise ConfigError("--init independent is for gossip (FedAvg's server holds one model)")
         if self.clients_per_round < 0 or not 0 <= self.prox_mu < float("inf"):
             raise ConfigError("clients_per_round must be >= 0 (0 = all) and prox_mu >= 0")
         if self.prox_mu > 0 and self.optimizer != "sgd":

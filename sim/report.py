@@ -241,3 +241,26 @@ def centralized_with_report(
     if out is not None:
         console.print(f"results: {out}/metrics.jsonl, summary.json, accuracy.png", highlight=False)
     return result
+
+
+def sweep_table(plan: Any, aggregates: list[dict[str, Any]]) -> Table:
+    """The sweep's cells ranked by periods to target (then accuracy), means ± 95% CI."""
+    from sim.experiments.report import _pm, _rank_key
+
+    axes = list(plan.grid)
+    table = Table(
+        title=f"sweep: {len(aggregates)} cells x {len(plan.seeds)} seeds, {plan.base.peers} peers,"
+        f" {plan.base.dataset}, {plan.base.model}"
+    )
+    for label in (*(axes or ["run"]), "gap", "recv CV", "periods to target", "decay rate",
+                  "acc (last 5)"):  # fmt: skip
+        table.add_column(label, justify="right")
+    for agg in sorted(aggregates, key=_rank_key):
+        reached = f" ({agg.get('periods_to_target_n', 0)}/{agg['runs']})" if plan.target else ""
+        table.add_row(
+            *(str(agg.get(a)) for a in axes or ["runs"]),
+            _pm(agg, "spectral_gap", 3), _pm(agg, "receive_rate_cv", 2),
+            _pm(agg, "periods_to_target", 3) + reached, _pm(agg, "consensus_decay_rate", 3),
+            _pm(agg, "acc_last5", 3),
+        )  # fmt: skip
+    return table

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from gossip import seeding
@@ -30,6 +31,15 @@ from gossip.partition import label_distribution, partition, partition_generator
 from gossip.robust.attacks import Attacker, AttackSpec
 from gossip.seeding import generator, peer_stream, peer_torch_seed
 from peers.peer import Peer
+from sampling.balanced import (
+    OnePeerExponentialSampler,
+    WeightedNeighbourSampler,
+    is_time_varying,
+    neighbour_push_matrix,
+    rate_summary,
+    receive_rates,
+    sinkhorn_weights,
+)
 from sampling.base import PeerSampler
 from sampling.cyclon import ViewSampler, is_dynamic
 from sampling.uniform import NeighbourSampler, UniformSampler
@@ -108,6 +118,48 @@ def dynamic_sampler(config: SimConfig, ids: list[str], graph: nx.Graph, i: int) 
     return dynamic_sampler_for(config.sampler, ids, graph, i, config.seed)
 
 
+def topology_sampler(
+    config: SimConfig,
+    ids: list[str],
+    graph: nx.Graph,
+    i: int,
+    rng: np.random.Generator,
+    push: sp.csr_array | None = None,
+) -> PeerSampler:
+    """Peer ``i``'s sampler. ``push``: the balanced push matrix (:func:`sinkhorn_weights`),
+    computed once for all peers when the sampler is ``neighbours-balanced``."""
+    if config.sampler == "uniform":
+        return UniformSampler(ids[i], ids, rng)
+    if is_dynamic(config.sampler):
+        return dynamic_sampler(config, ids, graph, i)
+    if is_time_varying(config.topology):
+        return OnePeerExponentialSampler(ids, i)
+    if config.sampler == "neighbours-balanced":
+        assert push is not None
+        row = push[[i], :]
+        return WeightedNeighbourSampler(
+            ids[i], [ids[j] for j in row.indices], row.data.tolist(), rng
+        )
+    return NeighbourSampler(ids[i], [ids[j] for j in sorted(graph.neighbors(i))], rng)
+
+
+def receive_rate_summary(config: SimConfig, graph: nx.Graph) -> dict[str, float] | None:
+    """The expected models per period each peer receives under ``config``'s sampler when
+    every peer pushes once a period (mean, coefficient of variation, share below 0.5, min,
+    max); None for dynamic samplers, whose views change."""
+    n = graph.number_of_nodes()
+    if is_dynamic(config.sampler) or config.algorithm != "gossip" or n == 0:
+        return None
+    if config.sampler == "uniform" or is_time_varying(config.topology):
+        return rate_summary(np.ones(n))  # every peer equally likely / a permutation a period
+    push = (
+        sinkhorn_weights(graph)
+        if config.sampler == "neighbours-balanced"
+        else neighbour_push_matrix(graph)
+    )
+    return rate_summary(receive_rates(push))
+
+
 @dataclass
 class Setup:
     """What both engines derive from a configuration before any peer exists: the data, the
@@ -172,21 +224,19 @@ def build_world(config: SimConfig, dataset: Dataset | None = None) -> World | Fe
     peer_cfg, learner_cfg = config.peer_config(), gossip_learner_config(config, setup)
     attackers = setup.attackers
     attack = AttackSpec.parse(config.attack)
+    push = sinkhorn_weights(graph) if config.sampler == "neighbours-balanced" else None
     for i in range(config.peers):
-        model = build_model_for(config.model, data, config.seed)
         torch_seed = peer_torch_seed(config.seed, i)
+        # shared: one initial model for all (Gossip Learning); independent: each its own
+        model = build_model_for(
+            config.model, data, config.seed if config.init == "shared" else torch_seed
+        )
         local = LocalData(x_train, y_train, torch.as_tensor(parts[i], device=device))
         learner = Learner(model, local, learner_cfg, seed=torch_seed)
         if network is None:
             network = SimNetwork(config.network_config(), learner.state.schema, rng_net)
         rng = np.random.default_rng(peer_stream(config.seed, i))
-        sampler: PeerSampler
-        if config.sampler == "uniform":
-            sampler = UniformSampler(ids[i], ids, rng)
-        elif is_dynamic(config.sampler):
-            sampler = dynamic_sampler(config, ids, graph, i)
-        else:
-            sampler = NeighbourSampler(ids[i], [ids[j] for j in sorted(graph.neighbors(i))], rng)
+        sampler = topology_sampler(config, ids, graph, i, rng, push)
         attacker = None
         if i in attackers:
             attacker = Attacker(
@@ -337,6 +387,7 @@ def summarise(
         "peer_updates": merges,
         "peer_updates_per_s": round(merges / wall_s, 1) if wall_s > 0 else None,
         "graph": graph_properties(world.graph),
+        "receive_rate": receive_rate_summary(world.config, world.graph),
         "dataset": world.dataset.describe(),
         "samples_per_peer": {
             "min": int(dist.sum(1).min()),
@@ -442,17 +493,23 @@ def run_world(
 
 def write_outputs(result: SimResult, out: Path) -> None:
     """metrics.jsonl (deterministic), config.json (to rerun), summary.json (with wall time), PNGs."""
+    write_run_files(out, result.config, result.records, result.summary)
+
+
+def write_run_files(
+    out: Path, config: SimConfig, records: Sequence[Record], summary: dict[str, Any]
+) -> None:
+    """The files of one run, from its parts (a sweep's driver writes what workers return)."""
     from sim.plots import plot_run
 
     out.mkdir(parents=True, exist_ok=True)
     with (out / "metrics.jsonl").open("w") as f:
-        for record in result.records:
+        for record in records:
             f.write(json.dumps(record, sort_keys=True) + "\n")
-    (out / "config.json").write_text(
-        json.dumps(result.config.as_dict(), indent=2, sort_keys=True) + "\n"
-    )
-    (out / "summary.json").write_text(json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
-    plot_run(result.records, out, title=describe_run(result.config))
+    (out / "config.json").write_text(json.dumps(config.as_dict(), indent=2, sort_keys=True) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if records:
+        plot_run(records, out, title=describe_run(config))
 
 
 def describe_run(config: SimConfig) -> str:

@@ -8,8 +8,8 @@ that predicts how fast gossip averaging reaches consensus on it (re-exported her
 
 Conventions:
 
-- Randomized models (``regular``, ``erdos-renyi``, ``watts-strogatz``, ``barabasi-albert``)
-  draw one seed from the given ``rng``, so a graph is a deterministic function of the rng
+- Randomized models (``regular``, ``erdos-renyi``, ``watts-strogatz``, ``barabasi-albert``,
+  ``random-geometric``, ``sbm``) draw one seed from the given ``rng``, so a graph is a deterministic function of the rng
   state. Deterministic shapes do not touch the rng.
 - A disconnected result is refused (one-line :class:`ConfigError`) unless
   ``allow_disconnected=True``. It is never silently redrawn: retrying until connected would
@@ -19,6 +19,20 @@ Conventions:
 - ``star``: node 0 is the hub.
 - ``dumbbell``: two complete graphs on nodes ``0..h-1`` and ``h..n-1`` (``h = n // 2``)
   joined by the single bridge edge ``(h-1, h)``.
+- ``random-geometric:R``: n points uniform in the unit square, two linked when their
+  Euclidean distance is <= R. Node ``i`` keeps its point as the attribute ``pos`` ([x, y]).
+- ``sbm:B:P_IN:P_OUT``: stochastic block model. Block ``b`` is a run of consecutive nodes; the
+  first ``n % B`` blocks have ``n // B + 1`` nodes, the rest ``n // B`` (see
+  :func:`sbm_block_sizes`). Each pair inside a block is linked with probability P_IN, each
+  pair across blocks with P_OUT, all independently. Sampled in O(n + B + edges) time (per-block
+  and one cross-block G(n, p) skip sampler) rather than with ``nx.stochastic_block_model``,
+  which draws one number per intra-block pair and takes ~1 minute at n = 100,000. No node or
+  graph attributes are attached.
+- ``hypercube``: n = 2^d peers; node i is linked to ``i XOR 2^k`` for k = 0..d-1 (degree d).
+- ``exponential``: the static exponential graph (Ying et al. 2021): node i is linked to
+  ``(i + 2^k) mod n`` for k = 0..ceil(log2 n)-1, made undirected (a circulant graph); the
+  degree is the number of distinct offsets ``±2^k mod n`` (2·ceil(log2 n), less where
+  offsets coincide, e.g. 7 for n = 16).
 - ``file:PATH``: a whitespace-separated edge list, one ``u v`` pair per line; a line with a
   single label declares an (possibly isolated) node; ``#`` starts a comment; blank lines are
   ignored; duplicate edges are merged; self-loops are an error. If every label is an integer,
@@ -29,6 +43,7 @@ Conventions:
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +84,24 @@ TOPOLOGIES: dict[str, TopologyInfo] = {
         TopologyInfo("star", "", "peer 0 is the hub linked to all others"),
         TopologyInfo("dumbbell", "", "two complete halves joined by one bridge edge (n >= 4)"),
         TopologyInfo(
+            "random-geometric", "R", "random points in the unit square, linked within distance R"
+        ),
+        TopologyInfo(
+            "sbm",
+            "B:P_IN:P_OUT",
+            "stochastic block model: B near-equal blocks, P_IN inside, P_OUT across (B <= n)",
+        ),
+        TopologyInfo(
+            "hypercube", "", "peer i linked to i XOR 2^k; n a power of two, degree log2(n)"
+        ),
+        TopologyInfo("exponential", "", "static exponential graph: peer i linked to i + 2^k mod n"),
+        TopologyInfo(
+            "one-peer-exponential",
+            "",
+            "time-varying: at its k-th push peer i sends to i + 2^(k mod ceil(log2 n)) mod n"
+            " (the graph in summary.json is the union: the exponential graph)",
+        ),
+        TopologyInfo(
             "file", "PATH", "edge list file: 'u v' per line, '#' comments; the file fixes n"
         ),
     )
@@ -78,6 +111,8 @@ _DISCONNECTED_HINTS: dict[str, str] = {
     "regular": "raise K",
     "erdos-renyi": "raise P",
     "watts-strogatz": "lower P or raise K",
+    "random-geometric": "raise R",
+    "sbm": "raise P_IN or P_OUT",
     "file": "fix the edge list",
 }
 
@@ -118,6 +153,16 @@ def _parse_prob(spec: str, label: str, text: str) -> float:
     return value
 
 
+def _parse_radius(spec: str, text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise _bad(spec, f"R must be a number in (0, 1], got {text!r}") from None
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise _bad(spec, f"R must be in (0, 1], got {text.strip()!r}")
+    return value
+
+
 def parse_topology(spec: str) -> tuple[str, tuple[Param, ...]]:
     """Split and validate a spec: ``"watts-strogatz:4:0.1"`` -> ``("watts-strogatz", (4, 0.1))``.
 
@@ -152,6 +197,11 @@ def parse_topology(spec: str) -> tuple[str, tuple[Param, ...]]:
         return name, (k, _parse_prob(spec, "P", args[1]))
     if name == "barabasi-albert":
         return name, (_parse_int(spec, "M", args[0], 1),)
+    if name == "random-geometric":
+        return name, (_parse_radius(spec, args[0]),)
+    if name == "sbm":
+        b = _parse_int(spec, "B", args[0], 1)
+        return name, (b, _parse_prob(spec, "P_IN", args[1]), _parse_prob(spec, "P_OUT", args[2]))
     return name, ()
 
 
@@ -218,6 +268,48 @@ def _seed(rng: np.random.Generator) -> int:
     return int(rng.integers(2**31))
 
 
+def sbm_block_sizes(n: int, b: int) -> list[int]:
+    """Block sizes of ``sbm:B:...`` on n peers: near-equal, the larger blocks first.
+
+    Block ``k`` holds the nodes ``sum(sizes[:k]) .. sum(sizes[:k+1]) - 1``.
+    """
+    q, r = divmod(n, b)
+    return [q + 1] * r + [q] * (b - r)
+
+
+def _sbm(n: int, b: int, p_in: float, p_out: float, seed: int) -> nx.Graph:
+    py_rng = random.Random(seed)
+    sizes = sbm_block_sizes(n, b)
+    g = nx.Graph()
+    g.add_nodes_from(range(n))
+    start = 0
+    for size in sizes:
+        if size > 1 and p_in > 0:
+            inside = nx.fast_gnp_random_graph(size, p_in, seed=py_rng)
+            g.add_edges_from((u + start, v + start) for u, v in inside.edges)
+        start += size
+    if b > 1 and p_out > 0:
+        # G(n, P_OUT) restricted to cross-block pairs: each such pair independently w.p. P_OUT.
+        block = np.repeat(np.arange(b), sizes).tolist()
+        across = nx.fast_gnp_random_graph(n, p_out, seed=py_rng)
+        g.add_edges_from((u, v) for u, v in across.edges if block[u] != block[v])
+    return g
+
+
+def _hypercube(spec: str, n: int) -> nx.Graph:
+    if n & (n - 1):
+        lo = 1 << (n.bit_length() - 1)
+        raise _bad(
+            spec, f"a hypercube needs a power-of-two number of peers ({lo}, {2 * lo}, ...), got {n}"
+        )
+    g = nx.Graph()
+    g.add_nodes_from(range(n))
+    for k in range(n.bit_length() - 1):
+        bit = 1 << k
+        g.add_edges_from((i, i | bit) for i in range(n) if not i & bit)
+    return g
+
+
 def _build(spec: str, name: str, params: tuple[Param, ...], n: int,
            rng: np.random.Generator) -> nx.Graph:  # fmt: skip
     if name == "complete":
@@ -254,6 +346,25 @@ def _build(spec: str, name: str, params: tuple[Param, ...], n: int,
         return nx.barabasi_albert_graph(n, k, seed=_seed(rng))
     if name == "erdos-renyi":
         return nx.fast_gnp_random_graph(n, float(params[0]), seed=_seed(rng))
+    if name == "random-geometric":
+        # nodes are already 0..n-1; with scipy installed the edges come from a KD-tree
+        return nx.random_geometric_graph(n, float(params[0]), seed=_seed(rng))
+    if name == "sbm":
+        b = int(params[0])
+        if b > n:
+            raise _bad(spec, f"B must be <= n = {n} peers, got {b}")
+        return _sbm(n, b, float(params[1]), float(params[2]), _seed(rng))
+    if name == "hypercube":
+        return _hypercube(spec, n)
+    if name in ("exponential", "one-peer-exponential"):
+        # a circulant graph (nx.circulant_graph builds the same edges, 2x slower); offsets 2^k
+        # are < n, so no self-loops; coinciding offsets (+2^k == -2^j mod n) merge
+        g = nx.Graph()
+        g.add_nodes_from(range(n))
+        for k in range((n - 1).bit_length()):
+            step = 1 << k
+            g.add_edges_from(zip(range(n), [*range(step, n), *range(step)], strict=True))
+        return g
     raise AssertionError(f"unhandled topology {name}")  # pragma: no cover
 
 
@@ -299,6 +410,7 @@ __all__ = [
     "metropolis_matrix",
     "parse_topology",
     "read_edge_list",
+    "sbm_block_sizes",
     "spectral_gap",
     "topology_names",
     "topology_peer_count",

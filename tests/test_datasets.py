@@ -23,6 +23,7 @@ def _one_line(exc: pytest.ExceptionInfo[BaseException]) -> str:
 def test_registry_lists_every_dataset_with_help() -> None:
     assert dataset_names() == [
         "digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "mnist1d", "shakespeare", "npz",
+        "leaf",
     ]  # fmt: skip
     for info in DATASETS.values():
         for text in (info.description, info.default_location, info.how_to_get):

@@ -253,7 +253,9 @@ async def test_with_ed25519_keys_discovered_ids_are_bound_to_their_keys(tmp_path
         # Under her own new id she is bound, but an entry naming the victim with her key
         # refuses the whole exchange.
         me = Descriptor("mallory", "http://127.0.0.1:9")
-        forged = Descriptor(victim, "http://127.0.0.1:9", 1, format_public_key(public_key_of(mallory_seed)))
+        forged = Descriptor(
+            victim, "http://127.0.0.1:9", 1, format_public_key(public_key_of(mallory_seed))
+        )
         body, header = _signed_exchange(mallory_seed, ViewExchange(me, (forged,)), "m2")
         got, answer = await _post_signed(ports[1], body, header)
         assert (got, answer["reason"]) == (400, "wrong_key")

@@ -70,7 +70,7 @@ def test_toml_config_with_flags_winning(tmp_path: Path) -> None:
 
 def test_bad_input_is_one_clear_line(tmp_path: Path) -> None:
     cases = [
-        ["run", "--topology", "hypercube"],
+        ["run", "--topology", "butterfly"],
         ["run", "--partition", "dirichlet:-1"],
         ["run", "--dataset", "imagenet"],
         ["run", "--churn", "markov:2:5"],

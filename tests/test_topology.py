@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -19,6 +20,7 @@ from sim.topology import (
     graph_properties,
     metropolis_matrix,
     parse_topology,
+    sbm_block_sizes,
     spectral_gap,
     topology_names,
     topology_peer_count,
@@ -34,8 +36,19 @@ GENERATED = [
     ("torus", 30),
     ("star", 30),
     ("dumbbell", 31),
+    ("random-geometric:0.4", 30),
+    ("sbm:3:0.5:0.05", 30),
+    ("hypercube", 32),
+    ("exponential", 30),
 ]
-RANDOM_SPECS = ["regular:4", "erdos-renyi:0.3", "watts-strogatz:4:0.3", "barabasi-albert:2"]
+RANDOM_SPECS = [
+    "regular:4",
+    "erdos-renyi:0.3",
+    "watts-strogatz:4:0.3",
+    "barabasi-albert:2",
+    "random-geometric:0.4",
+    "sbm:3:0.5:0.05",
+]
 
 
 def _rng(seed: int = 0) -> np.random.Generator:
@@ -119,6 +132,103 @@ def test_dumbbell_is_two_cliques_joined_by_one_bridge(n: int) -> None:
     assert g.number_of_edges() == left.number_of_edges() + right.number_of_edges() + 1
 
 
+@pytest.mark.parametrize("d", [1, 2, 5, 10])
+def test_hypercube_links_each_peer_to_its_one_bit_flips(d: int) -> None:
+    n = 2**d
+    g = build_topology("hypercube", n, _rng())
+    assert set(_degrees(g)) == {d}
+    assert g.number_of_edges() == n * d // 2
+    assert all(bin(u ^ v).count("1") == 1 for u, v in g.edges)
+    assert nx.diameter(g) == d
+
+
+@pytest.mark.parametrize(("n", "offsets"), [(16, {1, 2, 4, 8}), (10, {1, 2, 4, 8}), (2, {1})])
+def test_exponential_graph_links_i_to_i_plus_powers_of_two(n: int, offsets: set[int]) -> None:
+    g = build_topology("exponential", n, _rng())
+    # undirected: i's neighbours are i +- 2^k mod n, coinciding offsets merged
+    for i in range(n):
+        assert set(g.neighbors(i)) == {(i + s * k) % n for k in offsets for s in (1, -1)}
+    # n = 16: +-1, +-2, +-4, 8 -> degree 7; n = 10: 1, 9, 2, 8, 4, 6 -> degree 6
+    degree = {16: 7, 10: 6, 2: 1}[n]
+    assert set(_degrees(g)) == {degree}
+    assert g.number_of_edges() == n * degree // 2
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 31, 64, 100])
+def test_exponential_graph_has_no_self_loops_for_any_n(n: int) -> None:
+    g = build_topology("exponential", n, _rng())
+    assert nx.number_of_selfloops(g) == 0
+    assert max(_degrees(g)) <= min(n - 1, 2 * math.ceil(math.log2(n)))
+
+
+def test_random_geometric_links_exactly_the_pairs_within_r() -> None:
+    r, n = 0.2, 150
+    g = build_topology(f"random-geometric:{r}", n, _rng(3))
+    pos = nx.get_node_attributes(g, "pos")
+    assert sorted(pos) == list(range(n))
+    assert all(0.0 <= c <= 1.0 for point in pos.values() for c in point)
+    for u in range(n):
+        for v in range(u + 1, n):
+            close = math.dist(pos[u], pos[v]) <= r
+            assert g.has_edge(u, v) == close, (u, v, math.dist(pos[u], pos[v]))
+
+
+@pytest.mark.parametrize(
+    ("n", "b", "sizes"), [(10, 3, [4, 3, 3]), (12, 4, [3] * 4), (5, 5, [1] * 5)]
+)
+def test_sbm_blocks_are_consecutive_and_near_equal(n: int, b: int, sizes: list[int]) -> None:
+    assert sbm_block_sizes(n, b) == sizes
+    # P_IN = 1, P_OUT = 0: the components are exactly the blocks, each complete
+    g = build_topology(f"sbm:{b}:1:0", n, _rng(), allow_disconnected=True)
+    components = sorted((sorted(c) for c in nx.connected_components(g)), key=lambda c: c[0])
+    starts = np.cumsum([0, *sizes]).tolist()
+    assert components == [list(range(a, z)) for a, z in itertools.pairwise(starts)]
+    assert g.number_of_edges() == sum(s * (s - 1) // 2 for s in sizes)
+
+
+def test_sbm_puts_most_edges_inside_blocks_when_p_in_dominates() -> None:
+    n, b, p_in, p_out = 400, 4, 0.3, 0.01
+    g = build_topology(f"sbm:{b}:{p_in}:{p_out}", n, _rng(5))
+    assert type(g) is nx.Graph and sorted(g.nodes) == list(range(n))
+    assert all(not data for _, data in g.nodes(data=True)) and not g.graph
+    inside = sum(1 for u, v in g.edges if u // 100 == v // 100)
+    across = g.number_of_edges() - inside
+    expected_in, expected_out = b * 100 * 99 / 2 * p_in, (n * (n - 1) / 2 - b * 4950) * p_out
+    assert abs(inside - expected_in) < 5 * math.sqrt(expected_in)  # ~ 1485 +- 38
+    assert abs(across - expected_out) < 5 * math.sqrt(expected_out)  # ~ 600 +- 24
+    assert inside > 2 * across
+
+
+def test_sbm_with_one_block_or_equal_probabilities_is_erdos_renyi_in_law() -> None:
+    for spec in ("sbm:1:0.1:0.9", "sbm:7:0.1:0.1"):
+        g = build_topology(spec, 300, _rng(2))
+        expected = 300 * 299 / 2 * 0.1
+        assert abs(g.number_of_edges() - expected) < 5 * math.sqrt(expected)
+
+
+@pytest.mark.parametrize("spec", ["hypercube", "exponential"])
+def test_new_deterministic_shapes_leave_the_rng_untouched(spec: str) -> None:
+    rng = _rng(3)
+    build_topology(spec, 16, rng)
+    assert rng.integers(2**31) == _rng(3).integers(2**31)
+
+
+@pytest.mark.slow  # ~5 s in all
+@pytest.mark.parametrize(
+    ("spec", "n", "degree_mean"),
+    [
+        ("hypercube", 2**17, 17),
+        ("exponential", 100_000, 34),  # 100000 is no 2^k + 2^j: all 34 offsets distinct
+        ("sbm:10:0.01:0.0005", 10_000, 0.01 * 999 + 0.0005 * 9000),
+        ("random-geometric:0.03", 10_000, 9999 * math.pi * 0.03**2),  # less at the borders
+    ],
+)
+def test_new_topologies_build_large_graphs(spec: str, n: int, degree_mean: float) -> None:
+    g = build_topology(spec, n, _rng())
+    assert g.number_of_nodes() == n
+    assert 0.85 * degree_mean <= 2 * g.number_of_edges() / n <= 1.05 * degree_mean
+
+
 @pytest.mark.parametrize("spec", RANDOM_SPECS)
 def test_random_models_are_deterministic_given_the_rng(spec: str) -> None:
     first = build_topology(spec, 40, _rng(7))
@@ -163,6 +273,20 @@ def test_parse_topology_returns_typed_parameters() -> None:
         "barabasi-albert:0",
         "barabasi-albert:2:3",
         "file:",
+        "random-geometric",
+        "random-geometric:0",
+        "random-geometric:-0.1",
+        "random-geometric:1.5",
+        "random-geometric:inf",
+        "random-geometric:r",
+        "sbm:2:0.5",
+        "sbm:0:0.5:0.1",
+        "sbm:1.5:0.5:0.1",
+        "sbm:2:1.5:0.1",
+        "sbm:2:0.5:-0.1",
+        "sbm:2:nan:0.1",
+        "hypercube:3",
+        "exponential:2",
     ],
 )
 def test_bad_specs_are_one_line_config_errors(spec: str) -> None:
@@ -172,8 +296,26 @@ def test_bad_specs_are_one_line_config_errors(spec: str) -> None:
     _one_line_error(spec)
 
 
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ("random-geometric:0", "R must be in (0, 1], got '0' (expected random-geometric:R)"),
+        ("random-geometric:-0.1", "R must be in (0, 1], got '-0.1'"),
+        ("random-geometric:2", "R must be in (0, 1], got '2'"),
+        ("random-geometric:x", "R must be a number in (0, 1]"),
+        ("sbm:0:0.5:0.1", "B must be >= 1, got 0 (expected sbm:B:P_IN:P_OUT)"),
+        ("sbm:two:0.5:0.1", "B must be an integer"),
+        ("sbm:2:1.5:0.1", "P_IN must be in [0, 1], got '1.5'"),
+        ("sbm:2:0.5:-1", "P_OUT must be in [0, 1], got '-1'"),
+        ("sbm:2:0.5", "takes 3 parameter(s), got 2"),
+    ],
+)
+def test_bad_new_specs_name_the_fix(spec: str, needle: str) -> None:
+    assert needle in _one_line_error(spec)
+
+
 def test_unknown_name_lists_the_choices() -> None:
-    message = _one_line_error("hypercube")
+    message = _one_line_error("butterfly")
     assert "unknown topology" in message
     assert "watts-strogatz" in message
 
@@ -188,6 +330,14 @@ def test_unknown_name_lists_the_choices() -> None:
         ("ring", 2, "n >= 3"),
         ("dumbbell", 3, "n >= 4"),
         ("complete", 1, "at least 2"),
+        ("sbm:21:0.5:0.5", 20, "B must be <= n = 20 peers, got 21"),
+        (
+            "hypercube",
+            100,
+            "a hypercube needs a power-of-two number of peers (64, 128, ...), got 100",
+        ),
+        ("hypercube", 3, "power-of-two number of peers (2, 4, ...), got 3"),
+        ("hypercube", 1000, "(512, 1024, ...)"),
     ],
 )
 def test_parameters_that_do_not_fit_n_are_refused(spec: str, n: int, needle: str) -> None:
@@ -198,6 +348,16 @@ def test_disconnected_graphs_are_refused_with_a_hint() -> None:
     message = _one_line_error("erdos-renyi:0.01", 100)
     assert message.startswith("topology erdos-renyi:0.01 on 100 peers is disconnected (")
     assert "components); raise P or pass --allow-disconnected" in message
+
+
+@pytest.mark.parametrize(
+    ("spec", "hint"),
+    [("random-geometric:0.02", "raise R"), ("sbm:5:0.05:0", "raise P_IN or P_OUT")],
+)
+def test_new_random_models_refuse_disconnected_graphs_with_a_hint(spec: str, hint: str) -> None:
+    message = _one_line_error(spec, 100)
+    assert message.startswith(f"topology {spec} on 100 peers is disconnected (")
+    assert f"components); {hint} or pass --allow-disconnected" in message
 
 
 def test_allow_disconnected_returns_the_graph_and_properties_say_so() -> None:
@@ -273,9 +433,39 @@ def test_spectral_gap_matches_closed_forms_for_ring_and_torus() -> None:
     assert torus == pytest.approx(1 - (3 + 2 * math.cos(2 * math.pi / 8)) / 5, rel=1e-9)
 
 
+@pytest.mark.parametrize("d", [1, 3, 4, 10])
+def test_spectral_gap_of_the_hypercube_is_two_over_d_plus_one(d: int) -> None:
+    # d-regular: W = I - L/(d+1) = (I + A)/(d+1); A has eigenvalues d - 2j, so |lambda_2| =
+    # (d-1)/(d+1) (j = 1 and j = d) and the gap is 2/(d+1). d = 10 takes the sparse path.
+    gap = spectral_gap(build_topology("hypercube", 2**d, _rng()))
+    assert gap == pytest.approx(2 / (d + 1), rel=1e-9)
+
+
+def test_graph_properties_of_the_new_shapes() -> None:
+    cube = graph_properties(build_topology("hypercube", 256, _rng()))
+    assert (cube["degree_min"], cube["degree_max"], cube["diameter"]) == (8, 8, 8)
+    assert cube["average_clustering"] == 0.0  # bipartite: no triangles
+    assert cube["spectral_gap"] == pytest.approx(2 / 9)
+    expo = graph_properties(build_topology("exponential", 256, _rng()))
+    assert (expo["degree_min"], expo["degree_max"]) == (15, 15)
+    assert expo["spectral_gap"] > cube["spectral_gap"]
+    geo = graph_properties(build_topology("random-geometric:0.2", 256, _rng()))
+    assert json.loads(json.dumps(geo)) == geo and 0 < geo["spectral_gap"] < expo["spectral_gap"]
+
+
 @pytest.mark.parametrize(
     ("spec", "n"),
-    [("ring", 300), ("torus", 300), ("erdos-renyi:0.05", 300), ("star", 300), ("dumbbell", 60)],
+    [
+        ("ring", 300),
+        ("torus", 300),
+        ("erdos-renyi:0.05", 300),
+        ("star", 300),
+        ("dumbbell", 60),
+        ("random-geometric:0.15", 300),
+        ("sbm:3:0.2:0.01", 300),
+        ("hypercube", 256),
+        ("exponential", 300),
+    ],
 )
 def test_sparse_eigensolver_agrees_with_the_dense_one(spec: str, n: int) -> None:
     g = build_topology(spec, n, _rng())

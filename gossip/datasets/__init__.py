@@ -13,6 +13,7 @@ from gossip.datasets.cifar import load_cifar10, load_cifar100
 from gossip.datasets.dataset import Dataset, DatasetInfo, data_home
 from gossip.datasets.digits import load_digits
 from gossip.datasets.idx import load_fashion_mnist, load_mnist
+from gossip.datasets.leaf import load_leaf
 from gossip.datasets.mnist1d import load_mnist1d
 from gossip.datasets.npz import load_npz
 from gossip.datasets.shakespeare import load_shakespeare
@@ -77,6 +78,15 @@ DATASETS: dict[str, DatasetInfo] = {
         "the PATH given",
         "numpy.savez(PATH, x=..., y=...)",
         load_npz,
+        takes_param=True,
+    ),
+    "leaf": DatasetInfo(
+        "a LEAF benchmark in LEAF's JSON format: leaf:DIR with train/ and test/ (femnist, "
+        "synthetic, shakespeare), one group per user",
+        "the DIR given (LEAF's data/<set>/data folder)",
+        "LEAF's preprocess.sh, e.g. ./preprocess.sh -s niid --sf 0.05 -k 0 -t sample in "
+        "leaf/data/femnist, then leaf:.../data/femnist/data",
+        load_leaf,
         takes_param=True,
     ),
 }

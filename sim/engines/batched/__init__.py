@@ -24,6 +24,7 @@ from gossip.errors import GossipError
 from gossip.models import build_model_for
 from gossip.schedule import LRSchedule
 from gossip.state import ModelSchema, ModelState
+from sampling.balanced import is_time_varying
 from sampling.cyclon import is_dynamic
 from sim.config import SimConfig
 from sim.engines.batched.compute import StackedPeers
@@ -51,6 +52,9 @@ def unsupported(config: SimConfig) -> str | None:
         (config.attack != "none", f"--attack {config.attack}"),
         (config.churn != "none", f"--churn {config.churn}"),
         (is_dynamic(config.sampler), f"--sampler {config.sampler} (dynamic views)"),
+        (config.sampler == "neighbours-balanced", "--sampler neighbours-balanced"),
+        (config.init != "shared", f"--init {config.init}"),
+        (is_time_varying(config.topology), f"--topology {config.topology} (time-varying)"),
         (config.codec not in ("off",), f"--codec {config.codec}"),
         (config.train_cost != 0, f"--train-cost {config.train_cost:g}"),
         (config.optimizer != "sgd", f"--optimizer {config.optimizer}"),
