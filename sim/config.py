@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # the CLI imports this module for --help: keep torch out of i
     from peers.peer import PeerConfig
     from sim.network import NetworkConfig
 
-SAMPLERS = ("neighbours", "neighbours-balanced", "uniform")
+SAMPLERS = ("neighbours", "neighbours-balanced[:MIX]", "uniform")
 ALGORITHMS = ("gossip", "fedavg")
 
 # One line of help per field: the CLI flags and the README are generated from it.
@@ -25,7 +25,7 @@ FIELD_HELP: dict[str, str] = {
     "prox_mu": "fedavg: FedProx's proximal term mu (0 = plain FedAvg)",
     "peers": "number of peers",
     "topology": "graph the peers gossip over (see `gossip-sim topologies`)",
-    "sampler": "neighbours: gossip along topology edges; neighbours-balanced: along edges, weighted so that every peer expects one model a period; uniform: any peer; cyclon:C:L or newscast:C: dynamic partial views, bootstrapped from the topology",
+    "sampler": "neighbours: gossip along topology edges; neighbours-balanced[:MIX]: along edges, Sinkhorn-weighted towards one model a period for every peer, MIX (default 0.5) of plain neighbour choice kept; uniform: any peer; cyclon:C:L or newscast:C: dynamic partial views, bootstrapped from the topology",
     "sample_period": "seconds between a peer's view exchanges with a dynamic sampler (0 = the gossip period)",
     "allow_disconnected": "accept a disconnected topology instead of refusing it",
     "init": "shared: every peer starts from one model (gossip learning); independent: each from its own random model (consensus experiments, e.g. with --local-steps 0)",
@@ -164,11 +164,12 @@ class SimConfig:
             raise ConfigError("clients_per_round must be >= 0 (0 = all) and prox_mu >= 0")
         if self.prox_mu > 0 and self.optimizer != "sgd":
             raise ConfigError("the proximal term (--prox-mu) needs --optimizer sgd")
+        from sampling.balanced import parse_balanced
         from sampling.cyclon import is_dynamic, parse_sampler
 
         if is_dynamic(self.sampler):
             parse_sampler(self.sampler)
-        elif self.sampler not in SAMPLERS:
+        elif parse_balanced(self.sampler) is None and self.sampler not in SAMPLERS:
             raise ConfigError(
                 f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}, "
                 "cyclon:C:L, newscast:C"

@@ -34,11 +34,13 @@ from peers.peer import Peer
 from sampling.balanced import (
     OnePeerExponentialSampler,
     WeightedNeighbourSampler,
+    balanced_push_matrix,
     is_time_varying,
     neighbour_push_matrix,
+    parse_balanced,
+    push_gap,
     rate_summary,
     receive_rates,
-    sinkhorn_weights,
 )
 from sampling.base import PeerSampler
 from sampling.cyclon import ViewSampler, is_dynamic
@@ -126,15 +128,15 @@ def topology_sampler(
     rng: np.random.Generator,
     push: sp.csr_array | None = None,
 ) -> PeerSampler:
-    """Peer ``i``'s sampler. ``push``: the balanced push matrix (:func:`sinkhorn_weights`),
-    computed once for all peers when the sampler is ``neighbours-balanced``."""
+    """Peer ``i``'s sampler. ``push``: the balanced push matrix (:func:`balanced_push_matrix`),
+    computed once for all peers when the sampler is ``neighbours-balanced[:MIX]``."""
     if config.sampler == "uniform":
         return UniformSampler(ids[i], ids, rng)
     if is_dynamic(config.sampler):
         return dynamic_sampler(config, ids, graph, i)
     if is_time_varying(config.topology):
         return OnePeerExponentialSampler(ids, i)
-    if config.sampler == "neighbours-balanced":
+    if parse_balanced(config.sampler) is not None:
         assert push is not None
         row = push[[i], :]
         return WeightedNeighbourSampler(
@@ -143,7 +145,7 @@ def topology_sampler(
     return NeighbourSampler(ids[i], [ids[j] for j in sorted(graph.neighbors(i))], rng)
 
 
-def receive_rate_summary(config: SimConfig, graph: nx.Graph) -> dict[str, float] | None:
+def receive_rate_summary(config: SimConfig, graph: nx.Graph) -> dict[str, float | None] | None:
     """The expected models per period each peer receives under ``config``'s sampler when
     every peer pushes once a period (mean, coefficient of variation, share below 0.5, min,
     max); None for dynamic samplers, whose views change."""
@@ -151,13 +153,12 @@ def receive_rate_summary(config: SimConfig, graph: nx.Graph) -> dict[str, float]
     if is_dynamic(config.sampler) or config.algorithm != "gossip" or n == 0:
         return None
     if config.sampler == "uniform" or is_time_varying(config.topology):
-        return rate_summary(np.ones(n))  # every peer equally likely / a permutation a period
-    push = (
-        sinkhorn_weights(graph)
-        if config.sampler == "neighbours-balanced"
-        else neighbour_push_matrix(graph)
-    )
-    return rate_summary(receive_rates(push))
+        # every peer equally likely / a permutation a period (push gap: the complete graph's)
+        gap = 0.5 * n / (n - 1) if config.sampler == "uniform" and n > 1 else None
+        return {**rate_summary(np.ones(n)), "push_gap": gap}
+    mix = parse_balanced(config.sampler)
+    push = neighbour_push_matrix(graph) if mix is None else balanced_push_matrix(graph, mix)
+    return {**rate_summary(receive_rates(push)), "push_gap": push_gap(push)}
 
 
 @dataclass
@@ -224,7 +225,8 @@ def build_world(config: SimConfig, dataset: Dataset | None = None) -> World | Fe
     peer_cfg, learner_cfg = config.peer_config(), gossip_learner_config(config, setup)
     attackers = setup.attackers
     attack = AttackSpec.parse(config.attack)
-    push = sinkhorn_weights(graph) if config.sampler == "neighbours-balanced" else None
+    mix = parse_balanced(config.sampler)
+    push = balanced_push_matrix(graph, mix) if mix is not None else None
     for i in range(config.peers):
         torch_seed = peer_torch_seed(config.seed, i)
         # shared: one initial model for all (Gossip Learning); independent: each its own

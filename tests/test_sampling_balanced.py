@@ -8,12 +8,17 @@ import networkx as nx
 import numpy as np
 import pytest
 
+from gossip.errors import ConfigError
 from sampling.balanced import (
+    DEFAULT_MIX,
     OnePeerExponentialSampler,
     WeightedNeighbourSampler,
+    balanced_push_matrix,
     is_time_varying,
     neighbour_push_matrix,
     one_peer_exponential_tau,
+    parse_balanced,
+    push_gap,
     rate_summary,
     receive_rates,
     sinkhorn_weights,
@@ -127,3 +132,56 @@ def test_a_simulation_over_the_balanced_sampler_runs_and_reports_its_rates() -> 
     assert plain is not None and rates["cv"] < plain["cv"]
     assert result.final["messages_sent"] > 0 and result.final["merges"] > 0
     assert receive_rate_summary(config.replace(sampler="cyclon:5:2"), result.world.graph) is None
+
+
+def test_the_mix_spec_is_parsed_and_checked() -> None:
+    assert parse_balanced("neighbours") is None
+    assert parse_balanced("neighbours-balanced") == DEFAULT_MIX
+    assert parse_balanced("neighbours-balanced:0") == 0.0
+    assert parse_balanced("neighbours-balanced:1") == 1.0
+    for bad in ("neighbours-balanced:1.5", "neighbours-balanced:-0.1", "neighbours-balanced:x"):
+        with pytest.raises(ConfigError, match="MIX must be a number in"):
+            parse_balanced(bad)
+    with pytest.raises(ConfigError, match="MIX must be"):
+        SimConfig(sampler="neighbours-balanced:2")
+
+
+def test_the_mix_keeps_every_edge_in_use() -> None:
+    g = nx.barabasi_albert_graph(100, 2, seed=0)
+    for mix in (0.1, 0.3):
+        p = balanced_push_matrix(g, mix)
+        _check_push_matrix(g, p)
+        deg = np.array([g.degree(v) for v in sorted(g.nodes)])
+        rows, cols = p.nonzero()
+        assert len(rows) == 2 * g.number_of_edges()  # every edge, both ways
+        assert np.all(p.toarray()[rows, cols] >= mix / deg[rows] - 1e-15)
+    assert np.allclose(balanced_push_matrix(g, 1.0).toarray(), neighbour_push_matrix(g).toarray())
+
+
+def test_push_gap_of_a_ring_and_a_complete_graph_in_closed_form() -> None:
+    n = 12
+    ring = push_gap(neighbour_push_matrix(nx.cycle_graph(n)))
+    assert ring == pytest.approx((1 - np.cos(2 * np.pi / n)) / 2, abs=1e-12)
+    complete = push_gap(neighbour_push_matrix(nx.complete_graph(n)))
+    assert complete == pytest.approx(n / (2 * (n - 1)), abs=1e-12)
+    assert push_gap(neighbour_push_matrix(nx.complete_graph(3)), dense_limit=2) is None
+
+
+def test_full_balancing_can_cut_a_skewed_graph_and_the_mix_reconnects_it() -> None:
+    # Barabasi-Albert with m = 2 has no doubly stochastic pattern: Sinkhorn starves edges
+    # until the push dynamics fall apart (push gap ~ 0); the default mix keeps them joined.
+    g = nx.barabasi_albert_graph(100, 2, seed=0)
+    assert push_gap(balanced_push_matrix(g, 0.0)) < 1e-4
+    assert push_gap(balanced_push_matrix(g, DEFAULT_MIX)) > 1e-3
+
+
+def test_a_simulation_over_the_one_peer_exponential_graph() -> None:
+    from sim.engines.batched import unsupported
+
+    config = SimConfig(peers=16, topology="one-peer-exponential", model="logreg", periods=8,
+                       eval_every=4)  # fmt: skip
+    result = run_simulation(config)
+    assert result.summary["receive_rate"]["cv"] == 0.0  # a permutation every round
+    assert result.summary["graph"]["degree_min"] == result.summary["graph"]["degree_max"] == 7
+    assert result.final["merges"] > 0
+    assert "time-varying" in (unsupported(config.replace(screen=0, screen_distance=0)) or "")

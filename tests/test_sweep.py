@@ -230,7 +230,7 @@ def test_a_sweep_resumes_and_grows_without_running_finished_runs_again(tmp_path:
 def test_a_run_directory_of_another_configuration_is_refused(tmp_path: Path) -> None:
     run_sweep(make_plan(TINY, {}, seeds=1, target=None), tmp_path, InlineExecutor(), quiet=True)
     other = make_plan(TINY.replace(lr=0.1), {}, seeds=1, target=None)
-    with pytest.raises(ConfigError, match="another configuration .*lr.* new --out"):
+    with pytest.raises(ConfigError, match=r"another configuration .*lr.* new --out"):
         run_sweep(other, tmp_path, InlineExecutor(), quiet=True)
 
 
@@ -319,3 +319,15 @@ def test_bad_sweep_input_is_one_clear_line(tmp_path: Path, args: list[str]) -> N
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+
+
+def test_the_report_reads_back_every_run_whatever_the_axis_order(tmp_path: Path) -> None:
+    # "topology" before "lr": not alphabetical, so a plan file with sorted keys would name
+    # other directories and find none of the runs
+    plan = make_plan(TINY, {"topology": ["ring", "complete"], "lr": [0.5, 0.1]}, 1, None)
+    run_sweep(plan, tmp_path, InlineExecutor(), quiet=True)
+    again, rows = load_sweep(tmp_path)
+    assert list(again.grid) == ["topology", "lr"] and again.grid["lr"] == [0.5, 0.1]
+    assert [(r["topology"], r["lr"]) for r in rows] == [
+        ("ring", 0.5), ("ring", 0.1), ("complete", 0.5), ("complete", 0.1),
+    ]  # fmt: skip

@@ -40,6 +40,7 @@ GENERATED = [
     ("sbm:3:0.5:0.05", 30),
     ("hypercube", 32),
     ("exponential", 30),
+    ("one-peer-exponential", 30),
 ]
 RANDOM_SPECS = [
     "regular:4",

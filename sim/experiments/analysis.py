@@ -43,7 +43,7 @@ GRAPH_COLUMNS = (
     "diameter",
     "average_clustering",
 )
-RATE_COLUMNS = ("receive_rate_mean", "receive_rate_cv", "receive_rate_below_half")
+RATE_COLUMNS = ("receive_rate_mean", "receive_rate_cv", "receive_rate_below_half", "push_gap")
 
 
 def periods_to_target(
@@ -99,6 +99,7 @@ def run_row(
     row["receive_rate_mean"] = rates.get("mean")
     row["receive_rate_cv"] = rates.get("cv")
     row["receive_rate_below_half"] = rates.get("below_half")
+    row["push_gap"] = rates.get("push_gap")
     final = records[-1] if records else {}
     row["acc_mean"] = final.get("acc_mean")
     last = [r["acc_mean"] for r in records[-5:] if r.get("acc_mean") is not None]

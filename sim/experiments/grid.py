@@ -77,14 +77,16 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         return {
             "base": self.base.as_dict(),
-            "grid": self.grid,
+            "grid": [[name, values] for name, values in self.grid.items()],  # axis order kept
             "seeds": self.seeds,
             "target": self.target,
         }
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Plan:
-        return cls(SimConfig(**obj["base"]), obj["grid"], obj["seeds"], obj.get("target"))
+        grid = obj["grid"]
+        axes = dict(grid.items() if isinstance(grid, dict) else map(tuple, grid))
+        return cls(SimConfig(**obj["base"]), axes, obj["seeds"], obj.get("target"))
 
 
 def _safe(value: Any) -> str:

@@ -29,6 +29,7 @@ from sim.experiments.grid import Plan
 
 PREDICTORS = (
     ("spectral_gap", "spectral gap"),
+    ("push_gap", "push gap"),
     ("receive_rate_cv", "receive-rate CV"),
     ("receive_rate_below_half", "share receiving < 0.5 a period"),
 )
@@ -46,6 +47,8 @@ def _pm(agg: dict[str, Any], key: str, digits: int = 3) -> str:
     mean, half = agg.get(key), agg.get(f"{key}_ci95")
     if mean is None:
         return "–"
+    if half is not None and half <= 1e-9 * max(1.0, abs(mean)):
+        half = 0.0  # identical over seeds, up to float noise
     return _fmt(mean, digits) + ("" if half is None else f" ± {_fmt(half, digits)}")
 
 
@@ -63,7 +66,7 @@ def _rank_key(agg: dict[str, Any]) -> tuple[float, float, float]:
 
 def _scatter(
     rows: Sequence[dict[str, Any]], axes: Sequence[str], x: str, y: str,
-    path: Path, xlabel: str, ylabel: str, title: str, line: bool = False,
+    path: Path, xlabel: str, ylabel: str, title: str, line: bool = False, logx: bool = False,
 ) -> Path | None:  # fmt: skip
     groups: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
@@ -72,17 +75,20 @@ def _scatter(
         groups.setdefault(_label(r, axes), []).append((float(r[x]), float(r[y])))
     if not groups:
         return None
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for label, pts in groups.items():
+    fig, ax = plt.subplots(figsize=(6.8, 4.6))
+    colours = plt.get_cmap("tab20" if len(groups) > 10 else "tab10")
+    for k, (label, pts) in enumerate(groups.items()):
         xs, ys = zip(*pts, strict=True)
-        ax.scatter(xs, ys, label=label, s=22, alpha=0.8)
+        ax.scatter(xs, ys, label=label, s=24, alpha=0.85, color=colours(k % colours.N),
+                   marker="os^Dv<>p*h"[k // colours.N % 10])  # fmt: skip
     if line:
         xs_all = [p[0] for pts in groups.values() for p in pts]
         grid = np.linspace(max(min(xs_all), 1e-4), min(max(xs_all), 0.999), 100)
         ax.plot(grid, [theoretical_rate(g) for g in grid], "k--", lw=1,
                 label="synchronous averaging: -2 ln(1 - gap)")  # fmt: skip
-        ax.set_xscale("log")
         ax.set_yscale("log")
+    if line or logx:
+        ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -114,13 +120,15 @@ def write_report(
         "",
         "Means over seeds with 95% confidence intervals (Student's t). Receive rate: models a"
         " peer expects per period when every peer pushes once a period through the sampler"
-        " (CV: coefficient of variation over peers). Periods to target: first evaluation at"
+        " (CV: coefficient of variation over peers). Push gap: the rate at which the sampler's"
+        " pushes average disagreement away (second smallest real eigenvalue of"
+        " (diag(r) - P^T) / 2, P the push probabilities). Periods to target: first evaluation at"
         f" which the mean peer accuracy reaches {target if target is not None else '(no --target)'}"
         " (n: runs that reached it). Decay rate: fitted rate of exp(-r t) of the consensus"
         " distance, t in periods, from its peak on.",
         "",
     ]
-    header = ["rank", *(axes or ["run"]), "spectral gap", "receive rate CV",
+    header = ["rank", *(axes or ["run"]), "spectral gap", "push gap", "receive rate CV",
               "share < 0.5", "periods to target (n)", "decay rate", "accuracy (last 5)"]  # fmt: skip
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
@@ -128,7 +136,7 @@ def write_report(
         reached = f" ({agg.get('periods_to_target_n', 0)}/{agg['runs']})" if target else ""
         cells = [str(rank), *(str(agg.get(a)) for a in axes)] if axes else [str(rank), "base"]
         cells += [
-            _pm(agg, "spectral_gap", 3), _pm(agg, "receive_rate_cv", 2),
+            _pm(agg, "spectral_gap", 3), _pm(agg, "push_gap", 3), _pm(agg, "receive_rate_cv", 2),
             _pm(agg, "receive_rate_below_half", 2), _pm(agg, "periods_to_target", 3) + reached,
             _pm(agg, "consensus_decay_rate", 3), _pm(agg, "acc_last5", 3),
         ]  # fmt: skip
@@ -168,7 +176,11 @@ def write_report(
                  "spectral gap (Metropolis gossip matrix)", "consensus decay rate per period",
                  "decay rate against spectral gap", line=True),
         _scatter(ok, axes, "spectral_gap", "periods_to_target", out / "periods_vs_gap.png",
-                 "spectral gap", "periods to target", "periods to target against spectral gap"),
+                 "spectral gap", "periods to target", "periods to target against spectral gap",
+                 logx=True),
+        _scatter(ok, axes, "push_gap", "periods_to_target", out / "periods_vs_push_gap.png",
+                 "push gap (what the sampler's pushes average)", "periods to target",
+                 "periods to target against push gap", logx=True),
         _scatter(ok, axes, "receive_rate_cv", "periods_to_target",
                  out / "periods_vs_receive_cv.png", "receive-rate coefficient of variation",
                  "periods to target", "periods to target against receive-rate spread"),

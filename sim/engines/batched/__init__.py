@@ -52,7 +52,7 @@ def unsupported(config: SimConfig) -> str | None:
         (config.attack != "none", f"--attack {config.attack}"),
         (config.churn != "none", f"--churn {config.churn}"),
         (is_dynamic(config.sampler), f"--sampler {config.sampler} (dynamic views)"),
-        (config.sampler == "neighbours-balanced", "--sampler neighbours-balanced"),
+        (config.sampler.startswith("neighbours-balanced"), f"--sampler {config.sampler}"),
         (config.init != "shared", f"--init {config.init}"),
         (is_time_varying(config.topology), f"--topology {config.topology} (time-varying)"),
         (config.codec not in ("off",), f"--codec {config.codec}"),
