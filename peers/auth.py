@@ -189,7 +189,10 @@ class AuthConfig:
         return self.shared_key is not None or bool(self.public_keys) or self.learn_keys
 
 
-def signed_message(body: bytes) -> bytes:
+Body = bytes | bytearray | memoryview  # a message body: any buffer (hashed, never copied)
+
+
+def signed_message(body: Body) -> bytes:
     """The bytes both schemes sign: a domain tag and the SHA-256 of the body."""
     return DOMAIN + hashlib.sha256(body).digest()
 
@@ -214,7 +217,7 @@ class MessageSigner:
             else None
         )
 
-    def headers(self, body: bytes) -> dict[str, str]:
+    def headers(self, body: Body) -> dict[str, str]:
         if self._private is None and self._shared_key is None:
             return {}
         message = signed_message(body)

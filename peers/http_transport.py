@@ -32,9 +32,18 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from gossip.codec import CodecError, MessageMeta, decode, encode, max_message_bytes, read_meta
+from gossip.codec import (
+    CodecError,
+    MessageMeta,
+    decode,
+    encode,
+    encode_into,
+    max_message_bytes,
+    read_meta,
+)
 from gossip.state import ModelSchema
 from peers.auth import AUTH_HEADER, AuthError, MessageSigner, MessageVerifier, format_public_key
+from peers.http_guard import BufferPool
 from peers.transport import ModelMessage, ModelSink, ModelSnapshot, SendOutcome, Transport
 from sampling.views import (
     Descriptor,
@@ -109,6 +118,10 @@ class HttpTransport(Transport):
         self.ssl_context = ssl_context
         self.sink: ModelSink | None = None
         self._session: aiohttp.ClientSession | None = None
+        # Send buffers for pushes of large models (two pushes at once reuse theirs; a third
+        # encodes into a fresh one).
+        self._pooled = schema.numel * 4 > _THREAD_THRESHOLD
+        self.send_buffers = BufferPool(2, max_message_bytes(schema))
         self.failures: dict[str, int] = {}
 
     def attach(self, sink: ModelSink) -> None:
@@ -136,7 +149,10 @@ class HttpTransport(Transport):
 
     # ------------------------------------------------------------------ encoding
 
-    def encode_snapshot(self, snapshot: ModelSnapshot) -> bytes:
+    def encode_snapshot(
+        self, snapshot: ModelSnapshot, out: bytearray | None = None
+    ) -> bytes | memoryview:
+        """The push body: encoded straight into ``out`` (a pooled send buffer) when given."""
         meta = MessageMeta(
             sender=self.self_id,
             age=snapshot.age,
@@ -145,12 +161,16 @@ class HttpTransport(Transport):
             schema_hash=self.schema.hash,
             codec=self.config.codec,
         )
-        return encode(snapshot.flat, self.schema, meta)
+        if out is None:
+            return encode(snapshot.flat, self.schema, meta)
+        return encode_into(snapshot.flat, self.schema, meta, out)
 
-    async def encode_async(self, snapshot: ModelSnapshot) -> bytes:
+    async def encode_async(
+        self, snapshot: ModelSnapshot, out: bytearray | None = None
+    ) -> bytes | memoryview:
         if snapshot.flat.numel() * 4 > _THREAD_THRESHOLD:
-            return await asyncio.to_thread(self.encode_snapshot, snapshot)
-        return self.encode_snapshot(snapshot)
+            return await asyncio.to_thread(self.encode_snapshot, snapshot, out)
+        return self.encode_snapshot(snapshot, out)
 
     # ------------------------------------------------------------------ push / pull
 
@@ -163,15 +183,21 @@ class HttpTransport(Transport):
         if url is None:
             self._note_failure(dest, "unknown_peer")
             return SendOutcome.FAILED
-        body = await self.encode_async(snapshot)
-        headers = {"Content-Type": CONTENT_TYPE, **self.signer.headers(body)}
+        # Large models are encoded into a pooled buffer, reused push after push: a fresh
+        # model-sized allocation page-faults on every push (glibc maps blocks > 32 MB anew).
+        buf = self.send_buffers.acquire() if self._pooled else None
         try:
+            body = await self.encode_async(snapshot, buf)
+            headers = {"Content-Type": CONTENT_TYPE, **self.signer.headers(body)}
             async with self.session.post(f"{url}/v1/gossip", data=body, headers=headers) as resp:
                 await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             self._note_failure(dest, type(e).__name__)
             return SendOutcome.FAILED
+        finally:
+            if buf is not None:
+                self.send_buffers.release(buf)
         if 200 <= status < 300:
             return SendOutcome.DELIVERED
         log.debug("push to %s refused with HTTP %d", dest, status)

@@ -68,6 +68,7 @@ NODE_HELP: dict[str, str] = {
     "status_every": "seconds between status log lines",
     "seed": "seed of the shared partition, the initial model and this node's randomness",
     "threads": "torch CPU threads (0: torch's default; use 1 when several nodes share a machine)",
+    "event_loop": "auto (uvloop when installed: pip install 'gossip-learning[fast]'), asyncio or uvloop",
     "header_timeout": "seconds a request's headers may take (from the connection's start, or their first byte on a kept-alive connection); idle connections are closed after twice this",
     "max_connections": "open HTTP connections; beyond it new ones are closed at once (kept below the open-file limit)",
     "max_requests": "HTTP requests handled at once; beyond it requests get HTTP 503",
@@ -128,6 +129,7 @@ class NodeConfig:
     read_timeout: float = 30.0
     log_format: str = "text"
     status_every: float = 10.0
+    event_loop: str = "auto"
     seed: int = 0
     threads: int = 0
     header_timeout: float = 10.0
@@ -193,6 +195,10 @@ class NodeConfig:
                 raise ConfigError(f"{flag} must be at least {least}, got {count}")
         if not 0 <= self.jitter < 1:
             raise ConfigError(f"--jitter must be in [0, 1), got {self.jitter}")
+        if self.event_loop not in ("auto", "asyncio", "uvloop"):
+            raise ConfigError(
+                f"--event-loop must be auto, asyncio or uvloop, got {self.event_loop!r}"
+            )
         if not 0 <= self.seed < 2**64:
             raise ConfigError(f"--seed must be in 0..2**64-1, got {self.seed}")
         if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device):

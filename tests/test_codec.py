@@ -21,6 +21,8 @@ from gossip.codec import (
     RejectReason,
     decode,
     encode,
+    encode_into,
+    encoded_size,
     max_message_bytes,
 )
 from gossip.state import ModelSchema, ModelState, TensorSpec
@@ -312,3 +314,37 @@ def test_huge_finite_values_whose_sum_overflows_are_accepted() -> None:
     flat[:4] = 3e38  # finite in float32; their sum is not
     out = decode(encode(flat, STATE.schema, _meta(STATE)), STATE.schema)
     assert torch.equal(out.flat, flat)
+
+
+# ------------------------------------------------------------------- encode_into
+
+
+@pytest.mark.parametrize("codec", ["fp32", "fp16", "int8"])
+def test_encode_into_a_reused_buffer_gives_the_bytes_of_encode(codec: str) -> None:
+    first, second = _state(seed=1), _state(seed=2)
+    size = encoded_size(first.schema, _meta(first, codec))
+    buf = bytearray(size + 100)  # larger than needed: the message is an exact prefix view
+    one = encode_into(first.flat, first.schema, _meta(first, codec), buf)
+    assert len(one) == size and bytes(one) == encode(first.flat, first.schema, _meta(first, codec))
+    del one
+    two = encode_into(second.flat, second.schema, _meta(second, codec, nonce="n2"), buf)
+    assert bytes(two) == encode(second.flat, second.schema, _meta(second, codec, nonce="n2"))
+    decoded = decode(two, second.schema)
+    tolerance = {"fp32": 0.0, "fp16": 1e-3, "int8": 0.05}[codec]
+    assert torch.allclose(decoded.flat, second.flat, atol=tolerance, rtol=tolerance)
+
+
+def test_encode_into_grows_a_buffer_that_is_too_small_and_makes_one_without() -> None:
+    buf = bytearray(16)
+    view = encode_into(STATE.flat, STATE.schema, _meta(STATE), buf)
+    assert len(buf) == len(view) == encoded_size(STATE.schema, _meta(STATE))
+    del view
+    fresh = encode_into(STATE.flat, STATE.schema, _meta(STATE))
+    assert bytes(fresh) == bytes(buf)
+
+
+def test_encoded_size_is_exact_for_every_codec() -> None:
+    for codec in ("fp32", "fp16", "int8"):
+        assert encoded_size(STATE.schema, _meta(STATE, codec)) == len(
+            encode(STATE.flat, STATE.schema, _meta(STATE, codec))
+        )

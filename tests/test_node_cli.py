@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +231,35 @@ def test_errors_while_the_node_starts_are_one_line(tmp_path: Path) -> None:
         assert "pick another --port" in _one_error_line([*base, "--checkpoint-dir", str(ckpt)])
     finally:
         holder.close()
+
+
+def test_the_event_loop_is_uvloop_by_default_when_installed_and_asyncio_on_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    from gossip.errors import ConfigError
+    from peers.cli import run_loop
+
+    seen: list[str] = []
+
+    async def which() -> None:
+        seen.append(type(asyncio.get_running_loop()).__module__.split(".")[0])
+
+    pytest.importorskip("uvloop")
+    run_loop(which(), "auto")
+    run_loop(which(), "uvloop")
+    run_loop(which(), "asyncio")
+    assert seen == ["uvloop", "uvloop", "asyncio"]
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
+    run_loop(which(), "auto")
+    assert seen[-1] == "asyncio"
+    coro = which()
+    with pytest.raises(ConfigError, match=r"needs uvloop: pip install 'gossip-learning\[fast\]'"):
+        run_loop(coro, "uvloop")
+    coro.close()
+
+
+def test_a_bad_event_loop_is_one_line() -> None:
+    with pytest.raises(Exception, match="--event-loop must be auto, asyncio or uvloop"):
+        NodeConfig(event_loop="trio")
