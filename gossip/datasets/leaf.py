@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from gossip.datasets.dataset import Dataset, labels_tensor, one_line
+from gossip.datasets.shakespeare import char_ids, char_lookup
 from gossip.errors import ConfigError, DatasetNotFoundError, GossipError
 
 # LEAF's ALL_LETTERS (models/utils/language_utils.py): the Shakespeare vocabulary, 80 symbols.
@@ -63,17 +64,12 @@ SUPPORTED = (
     "one-character y (shakespeare); sent140 and celeba are not supported"
 )
 
-_LOOKUP = np.full(128, UNKNOWN_INDEX, dtype=np.int64)
-_LOOKUP[[ord(c) for c in ALL_LETTERS]] = np.arange(len(ALL_LETTERS))
+_LOOKUP = char_lookup(ALL_LETTERS, UNKNOWN_INDEX)
 
 
 def encode(text: str) -> np.ndarray:
     """Ids (int64) of the characters of ``text`` in :data:`ALL_LETTERS`; others -> 80."""
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    ids = np.full(codes.shape, UNKNOWN_INDEX, dtype=np.int64)
-    ascii_mask = codes < 128
-    ids[ascii_mask] = _LOOKUP[codes[ascii_mask]]
-    return ids
+    return char_ids(text, _LOOKUP, UNKNOWN_INDEX)
 
 
 class _NonFinite(ValueError):

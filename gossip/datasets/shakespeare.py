@@ -58,17 +58,29 @@ _FOLIO_SUFFIX = "_gut_f"
 _MODERN_SUFFIX = "_gut"
 _SAME_PLAY_RATIO = 0.75
 
-_LOOKUP = np.full(128, UNKNOWN_INDEX, dtype=np.int64)
-_LOOKUP[[ord(c) for c in VOCAB]] = np.arange(VOCAB_SIZE)
+
+def char_lookup(vocab: str, unknown: int) -> np.ndarray:
+    """An ASCII -> id table for :func:`char_ids` (characters outside ``vocab``: ``unknown``)."""
+    table = np.full(128, unknown, dtype=np.int64)
+    table[[ord(c) for c in vocab]] = np.arange(len(vocab))
+    return table
+
+
+def char_ids(text: str, table: np.ndarray, unknown: int) -> np.ndarray:
+    """Ids (int64) of the characters of ``text`` by ``table``; non-ASCII -> ``unknown``."""
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    ids = np.full(codes.shape, unknown, dtype=np.int64)
+    ascii_mask = codes < 128
+    ids[ascii_mask] = table[codes[ascii_mask]]
+    return ids
+
+
+_LOOKUP = char_lookup(VOCAB, UNKNOWN_INDEX)
 
 
 def encode(text: str) -> np.ndarray:
     """Character ids (int64) of ``text`` in LEAF's vocabulary; unknown characters -> ``}``."""
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    ids = np.full(codes.shape, UNKNOWN_INDEX, dtype=np.int64)
-    ascii_mask = codes < 128
-    ids[ascii_mask] = _LOOKUP[codes[ascii_mask]]
-    return ids
+    return char_ids(text, _LOOKUP, UNKNOWN_INDEX)
 
 
 def decode(ids: np.ndarray | torch.Tensor) -> str:
