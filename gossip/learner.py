@@ -127,8 +127,12 @@ class Learner:
         *,
         seed: int = 0,
         age: int = 0,
+        grad_buffer: torch.Tensor | None = None,
     ) -> None:
+        """``grad_buffer``: a gradient buffer shared with other learners whose steps never
+        interleave with this one's (see :class:`~gossip.optim.FlatSGD`); SGD only."""
         self.config = config
+        self._grad_buffer = grad_buffer
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
         self.state = ModelState.bind(self.model, age=age)
@@ -164,8 +168,9 @@ class Learner:
         if c.optimizer == "adam":
             return torch.optim.Adam(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         return FlatSGD(
-            self.model, self.state, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay
-        )
+            self.model, self.state, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+            grad=self._grad_buffer,
+        )  # fmt: skip
 
     def _next_rows(self) -> torch.Tensor:
         """Dataset rows of the next minibatch. Once per epoch the local rows are permuted

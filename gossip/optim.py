@@ -26,12 +26,24 @@ class FlatSGD:
         lr: float,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
+        grad: torch.Tensor | None = None,
     ) -> None:
+        """``grad``: a gradient buffer to use instead of a fresh one, shaped like the flat
+        parameters. Many learners may share one when their steps never interleave (the
+        simulator's peers step one at a time in one thread): a step writes the whole
+        gradient before it reads it (zeroed, or overwritten by the fast path), so nothing
+        carries from one learner's step to another's, and each peer saves a model size."""
         self.state = state
         self.lr = lr
         self.momentum = momentum
         self.weight_decay = weight_decay
-        self.grad = torch.zeros_like(state.flat)
+        if grad is not None and (
+            grad.shape != state.flat.shape
+            or grad.dtype != state.flat.dtype
+            or grad.device != state.flat.device
+        ):
+            raise ValueError("a shared gradient buffer must match the flat parameters")
+        self.grad = torch.zeros_like(state.flat) if grad is None else grad
         self._momentum_buf: torch.Tensor | None = None
         offsets = state.schema.offsets
         trainable = torch.zeros(state.flat.numel(), dtype=torch.bool, device=state.flat.device)

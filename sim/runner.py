@@ -30,6 +30,7 @@ from gossip.models import build_model_for
 from gossip.partition import label_distribution, partition, partition_generator
 from gossip.robust.attacks import Attacker, AttackSpec
 from gossip.seeding import generator, peer_stream, peer_torch_seed
+from gossip.state import ModelSchema
 from peers.peer import Peer
 from sampling.balanced import (
     OnePeerExponentialSampler,
@@ -118,6 +119,23 @@ def dynamic_sampler(config: SimConfig, ids: list[str], graph: nx.Graph, i: int) 
     from sim.overlay import dynamic_sampler_for
 
     return dynamic_sampler_for(config.sampler, ids, graph, i, config.seed)
+
+
+class SharedGradients:
+    """One gradient buffer per parameter layout, for learners that step one at a time."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._buffers: dict[tuple[str, str], torch.Tensor] = {}
+
+    def get(self, model: torch.nn.Module, device: torch.device) -> torch.Tensor | None:
+        if not self.enabled:
+            return None
+        schema = ModelSchema.from_module(model)
+        key = (schema.hash, str(device))
+        if key not in self._buffers:
+            self._buffers[key] = torch.zeros(schema.numel, dtype=torch.float32, device=device)
+        return self._buffers[key]
 
 
 def topology_sampler(
@@ -227,6 +245,7 @@ def build_world(config: SimConfig, dataset: Dataset | None = None) -> World | Fe
     attack = AttackSpec.parse(config.attack)
     mix = parse_balanced(config.sampler)
     push = balanced_push_matrix(graph, mix) if mix is not None else None
+    shared_grads = SharedGradients(enabled=config.optimizer == "sgd")
     for i in range(config.peers):
         torch_seed = peer_torch_seed(config.seed, i)
         # shared: one initial model for all (Gossip Learning); independent: each its own
@@ -234,7 +253,10 @@ def build_world(config: SimConfig, dataset: Dataset | None = None) -> World | Fe
             config.model, data, config.seed if config.init == "shared" else torch_seed
         )
         local = LocalData(x_train, y_train, torch.as_tensor(parts[i], device=device))
-        learner = Learner(model, local, learner_cfg, seed=torch_seed)
+        # The peers step one at a time in this thread: one gradient buffer serves them all
+        # (a model size less per peer; see gossip.optim.FlatSGD).
+        learner = Learner(model, local, learner_cfg, seed=torch_seed,
+                          grad_buffer=shared_grads.get(model, device))  # fmt: skip
         if network is None:
             network = SimNetwork(config.network_config(), learner.state.schema, rng_net)
         rng = np.random.default_rng(peer_stream(config.seed, i))

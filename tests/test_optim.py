@@ -57,3 +57,43 @@ def test_buffers_are_neither_trained_nor_decayed() -> None:
     opt.zero_grad()
     opt.step()
     assert torch.all(mean_view == 3.0)
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "cnn"])  # the fast path, and autograd
+def test_learners_sharing_one_gradient_buffer_train_exactly_as_with_their_own(
+    model_name: str,
+) -> None:
+    from gossip.learner import Learner, LearnerConfig, LocalData
+    from gossip.models import build_model
+
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 1, 8, 8), torch.randint(0, 10, (40,))
+    config = LearnerConfig(lr=0.3, momentum=0.5, weight_decay=1e-3, device="cpu", batch_size=8)
+
+    def learners(shared: torch.Tensor | None) -> list[Learner]:
+        out = []
+        for k in range(3):
+            model = build_model(model_name, (1, 8, 8), 10, generator_seed=k)
+            data = LocalData(x, y, torch.arange(k * 10, k * 10 + 14))
+            out.append(Learner(model, data, config, seed=k, grad_buffer=shared))
+        return out
+
+    alone = learners(None)
+    numel = alone[0].state.flat.numel()
+    together = learners(torch.zeros(numel))
+    assert together[0].optimizer.grad is together[2].optimizer.grad  # type: ignore[union-attr]
+    for _ in range(4):  # steps interleave across learners, never within one
+        for a, b in zip(alone, together, strict=True):
+            a.train(steps=2)
+            b.train(steps=2)
+    for a, b in zip(alone, together, strict=True):
+        assert torch.equal(a.state.flat, b.state.flat)
+
+
+def test_a_shared_gradient_buffer_must_match_the_parameters() -> None:
+    model = _model()
+    state = ModelState.bind(model)
+    with pytest.raises(ValueError, match="must match the flat parameters"):
+        FlatSGD(model, state, lr=0.1, grad=torch.zeros(state.flat.numel() + 1))
+    with pytest.raises(ValueError, match="must match"):
+        FlatSGD(model, state, lr=0.1, grad=torch.zeros(state.flat.numel(), dtype=torch.float64))
