@@ -61,5 +61,9 @@ def given_on_command_line(ctx: typer.Context, values: Mapping[str, Any]) -> dict
 
 
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="TOML file with the same fields (flags win)")
+    Path | None,
+    typer.Option(
+        "--config",
+        help="TOML file with the same fields (flags win); a .json file, e.g. a run's config.json, is read as JSON",
+    ),
 ]

@@ -230,7 +230,8 @@ def sweep(
     **config_fields: Any,
 ) -> None:
     """Run a grid of simulations x seeds (resumable), on a process pool or a Ray cluster;
-    write results.csv, aggregate.csv and the convergence report (report.md + PNGs)."""
+    write results.csv, aggregate.csv and the convergence report (report.md + PNGs). In a
+    --config TOML file the axes, seeds and target go in a [sweep] table."""
     from sim.experiments.executors import make_executor
     from sim.experiments.grid import grid_from_options, make_plan, sweep_file
     from sim.experiments.sweep import run_sweep
