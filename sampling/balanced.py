@@ -105,13 +105,14 @@ def balanced_push_matrix(graph: nx.Graph, mix: float = DEFAULT_MIX) -> sp.csr_ar
     return sp.csr_array((1.0 - mix) * balanced + mix * neighbour_push_matrix(graph))
 
 
-def push_gap(push: sp.csr_array, dense_limit: int = 2_000) -> float | None:
+def push_gap(push: sp.csr_array, dense_limit: int = 1_000) -> float | None:
     """How fast expected disagreement decays under push averaging along ``push``: the
     second smallest real part of the eigenvalues of ``L = (diag(r) - P^T) / 2`` (r: the
     receive rates), the rate per period of continuous-time push averaging (a receiver
     averages with the model it gets). Unlike the Metropolis matrix's gap it sees what the
     sampler does: edges it rarely uses, hubs it floods. None above ``dense_limit`` peers
-    (a dense eigenvalue problem)."""
+    (a dense non-symmetric eigenvalue problem: 0.7 s at 1,000 peers, 4.7 s at 2,000, and it
+    runs for every simulation's summary)."""
     n = push.shape[0]
     if n < 2 or n > dense_limit:
         return None
