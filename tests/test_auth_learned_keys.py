@@ -175,3 +175,47 @@ def test_public_key_text_round_trips_and_bad_text_is_none() -> None:
     for bad in ["", "ed25519:", "ed25519:!!!!", "rsa:" + base64.b64encode(PUB_A).decode(),
                 "ed25519:" + base64.b64encode(bytes(31)).decode()]:  # fmt: skip
         assert parse_public_key(bad) is None
+
+
+# ------------------------------------------------------------- boundaries (mutation testing)
+
+
+def test_a_key_with_a_character_outside_base64_is_refused_not_skipped() -> None:
+    text = base64.b64encode(PUB_A).decode()
+    broken = text[:10] + "!" + text[10:]  # a lenient decoder would skip the "!"
+    assert base64.b64decode(broken) == PUB_A  # (as lenient decoding shows)
+    assert parse_public_key("ed25519:" + broken) is None
+    sig_a = _header(SEED_A).split(",")[0]
+    verifier = MessageVerifier(LEARN)
+    _refused(verifier, f"{sig_a}, {KEY_ITEM}={broken}", AuthReason.BAD_AUTH, KEY_ITEM)
+
+
+def test_key_files_learn_keys_only_when_asked() -> None:
+    from peers.auth import KeyFile
+
+    key_file = KeyFile("ed25519", SEED_B)
+    assert key_file.auth_config().learn_keys is False
+    assert key_file.auth_config(learn_keys=True).learn_keys is True
+    assert KeyFile("hmac-sha256", bytes(32)).auth_config(learn_keys=True).learn_keys is False
+
+
+def test_the_default_cap_on_learned_keys_is_65536() -> None:
+    assert MessageVerifier(LEARN).max_learned_keys == 65_536
+
+
+def test_refusals_name_a_long_sender_in_at_most_128_characters() -> None:
+    sender = "s" * 200
+    verifier = MessageVerifier(LEARN)
+    _verify(verifier, _header(SEED_A), sender=sender)
+    error = _refused(verifier, _header(SEED_M), AuthReason.BAD_AUTH, "another key",
+                     sender=sender, nonce="n2")  # fmt: skip
+    assert repr("s" * 128) in error.detail and repr("s" * 129) not in error.detail
+    error = _refused(MessageVerifier(LEARN), _header(SEED_A, announce=False),
+                     AuthReason.UNKNOWN_SENDER, "announced none", sender=sender)  # fmt: skip
+    assert repr("s" * 128) in error.detail and repr("s" * 129) not in error.detail
+
+
+def test_without_learning_the_refusal_does_not_mention_an_announcement() -> None:
+    verifier = MessageVerifier(AuthConfig(private_key=SEED_B, public_keys={"bob": PUB_B}))
+    error = _refused(verifier, _header(SEED_A), AuthReason.UNKNOWN_SENDER, "no public key")
+    assert error.detail == "no public key for 'alice' in the peers file"
