@@ -74,6 +74,7 @@ class World:
     churn: ChurnController
     observer: MetricsObserver
     attackers: list[int] = field(default_factory=list)
+    push: sp.csr_array | None = None  # the balanced sampler's push matrix, when it is used
 
 
 @dataclass
@@ -163,10 +164,13 @@ def topology_sampler(
     return NeighbourSampler(ids[i], [ids[j] for j in sorted(graph.neighbors(i))], rng)
 
 
-def receive_rate_summary(config: SimConfig, graph: nx.Graph) -> dict[str, float | None] | None:
+def receive_rate_summary(
+    config: SimConfig, graph: nx.Graph, push: sp.csr_array | None = None
+) -> dict[str, float | None] | None:
     """The expected models per period each peer receives under ``config``'s sampler when
     every peer pushes once a period (mean, coefficient of variation, share below 0.5, min,
-    max); None for dynamic samplers, whose views change."""
+    max, push gap); None for dynamic samplers, whose views change. ``push``: the balanced
+    push matrix the run already built (Sinkhorn is not run twice)."""
     n = graph.number_of_nodes()
     if is_dynamic(config.sampler) or config.algorithm != "gossip" or n == 0:
         return None
@@ -175,7 +179,10 @@ def receive_rate_summary(config: SimConfig, graph: nx.Graph) -> dict[str, float 
         gap = 0.5 * n / (n - 1) if config.sampler == "uniform" and n > 1 else None
         return {**rate_summary(np.ones(n)), "push_gap": gap}
     mix = parse_balanced(config.sampler)
-    push = neighbour_push_matrix(graph) if mix is None else balanced_push_matrix(graph, mix)
+    if mix is None:
+        push = neighbour_push_matrix(graph)
+    elif push is None:
+        push = balanced_push_matrix(graph, mix)
     return {**rate_summary(receive_rates(push)), "push_gap": push_gap(push)}
 
 
@@ -277,7 +284,7 @@ def build_world(config: SimConfig, dataset: Dataset | None = None) -> World | Fe
         local_tests=local_tests(data, parts, setup.eval_idx, device)
         if config.partition == "natural" else None,
     )  # fmt: skip
-    return World(config, data, parts, graph, peers, network, churn, observer, attackers)
+    return World(config, data, parts, graph, peers, network, churn, observer, attackers, push)
 
 
 # How much faster than one peer's own training ages grow, measured (100 peers, regular:4,
@@ -411,7 +418,9 @@ def summarise(
         "peer_updates": merges,
         "peer_updates_per_s": round(merges / wall_s, 1) if wall_s > 0 else None,
         "graph": graph_properties(world.graph),
-        "receive_rate": receive_rate_summary(world.config, world.graph),
+        "receive_rate": receive_rate_summary(
+            world.config, world.graph, getattr(world, "push", None)
+        ),
         "dataset": world.dataset.describe(),
         "samples_per_peer": {
             "min": int(dist.sum(1).min()),

@@ -185,3 +185,20 @@ def test_a_simulation_over_the_one_peer_exponential_graph() -> None:
     assert result.summary["graph"]["degree_min"] == result.summary["graph"]["degree_max"] == 7
     assert result.final["merges"] > 0
     assert "time-varying" in (unsupported(config.replace(screen=0, screen_distance=0)) or "")
+
+
+def test_the_balanced_push_matrix_is_computed_once_per_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sim.runner
+
+    calls = []
+    real = sim.runner.balanced_push_matrix
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sim.runner, "balanced_push_matrix", counted)
+    config = SimConfig(peers=20, topology="barabasi-albert:2", sampler="neighbours-balanced",
+                       model="logreg", periods=2, eval_every=2)  # fmt: skip
+    result = run_simulation(config)
+    assert len(calls) == 1 and result.summary["receive_rate"]["cv"] >= 0
