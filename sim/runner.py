@@ -299,17 +299,23 @@ def cosine_horizon(config: SimConfig, setup: Setup) -> float:
     schedule, so that it ends with the run (not halfway: ages grow about twice as fast as
     the samples one peer trains on). Exact from the batched engine's schedule pass where it
     can replay the run's events (push, timer training, one model merged at a time; the
-    screens, attacks and codec are left out: they change no age in an honest run), else
+    screens, attacks and codec are left out: they change no age in an honest run; a robust
+    rule ages like age-weighted merging), else
     :data:`AGE_GROWTH` times :meth:`SimConfig.final_age`."""
     import dataclasses
 
     from gossip.schedule import LRSchedule
     from sim.engines.batched.schedule import build_schedule
 
+    from gossip.merge import MERGE_RULES
+
     step = mean_step_samples(config, setup.parts)
+    # The robust rules (clipped, trimmed-mean, median) all return max(t_l, t_r), the age
+    # age-weighted merging gives: the replay ages with that.
+    merge = config.merge if config.merge in MERGE_RULES else "age-weighted"
     replayable = dataclasses.replace(
         config, screen=0, screen_distance=0, attack="none", codec="off", lr_schedule="constant",
-        train_cost=0.0,
+        train_cost=0.0, merge=merge,
     )  # fmt: skip
     if (
         config.mode == "push"

@@ -160,6 +160,11 @@ def test_bad_learner_settings_are_one_line(kw: dict[str, object]) -> None:
         ({"topology": "ring"}, 0.05),
         ({"mode": "push-pull"}, 0.25),  # the measured growth factor
         ({"train_on": "receive"}, 0.25),
+        # The robust rules age like age-weighted merging (max of the two ages): the replay
+        # stood in for them with age-weighted (it raised KeyError: 'clipped').
+        ({"merge": "clipped"}, 0.05),
+        ({"merge": "trimmed-mean:1"}, 0.05),
+        ({"merge": "median"}, 0.05),
     ],
 )
 def test_a_bare_cosine_ends_with_the_run(kw: dict[str, object], tolerance: float) -> None:
