@@ -304,10 +304,9 @@ def cosine_horizon(config: SimConfig, setup: Setup) -> float:
     :data:`AGE_GROWTH` times :meth:`SimConfig.final_age`."""
     import dataclasses
 
+    from gossip.merge import MERGE_RULES
     from gossip.schedule import LRSchedule
     from sim.engines.batched.schedule import build_schedule
-
-    from gossip.merge import MERGE_RULES
 
     step = mean_step_samples(config, setup.parts)
     # The robust rules (clipped, trimmed-mean, median) all return max(t_l, t_r), the age
