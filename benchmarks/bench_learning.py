@@ -157,7 +157,8 @@ def real_data(
                  {**model, "lr": constant_lr, "epochs": epochs}))  # fmt: skip
     seen: set[str] = set()
     for v in [{}, *gossip_variants]:
-        same = {k: {**base, **v}[k] for k in ("lr", "lr_schedule") if k in {**base, **v}}
+        run = {**base, **v}
+        same = {k: run[k] for k in ("lr", "lr_schedule") if k in run}
         if json.dumps(same) not in seen:
             seen.add(json.dumps(same))
             rows.append((suite, f"centralized ({epochs} epochs) {json.dumps(same)}",

@@ -82,9 +82,9 @@ def _envelope(exchange: Any, nonce: str = "x1") -> bytes:
 
 async def test_hostile_view_exchanges_are_refused_and_counted(tmp_path: Path) -> None:
     port, seed = free_ports(2)
-    # Long periods: the node's own pushes and exchanges go to a seed nobody listens on, and a
-    # failed one drops it from the view (this test once failed on exactly that, not on the
-    # hostile input it is about).
+    # Long periods: a failed push or exchange drops its target from the view, and the node's
+    # own go to a seed nobody listens on (this test once failed on exactly that) and, later,
+    # to mallory's dead address before the test looks for it.
     config = _config(tmp_path, port, seed, 1, 2, sampler="cyclon:4:2", period=3600.0,
                      sample_period=3600.0)  # fmt: skip
     node = Node(config)
