@@ -73,6 +73,7 @@ NODE_HELP: dict[str, str] = {
     "max_connections": "open HTTP connections; beyond it new ones are closed at once (kept below the open-file limit)",
     "max_requests": "HTTP requests handled at once; beyond it requests get HTTP 503",
     "screen": "norm screen: refuse pushed models whose norm exceeds this many times the honest reference (0 = off)",
+    "screen_low": "norm screen's lower bound: also refuse pushed models whose norm is below this fraction of the honest norms (0 = no lower bound)",
     "screen_distance": "distance screen: refuse pushed models further than this many times the other senders' median distance (0 = off)",
     "attack": "robustness testing only: none, or an attack kind (sign-flip, random, huge, age-inflation, alie, ipm) this node then gossips instead of its model",
     "max_uploads": "pushed model bodies read at once (each holds one buffer of the largest message size); beyond it pushes get HTTP 503",
@@ -137,6 +138,7 @@ class NodeConfig:
     max_requests: int = 64
     max_uploads: int = 8
     screen: float = 10.0
+    screen_low: float = 0.5
     screen_distance: float = 4.0
     attack: str = "none"
     max_connections_per_ip: int = 64
@@ -254,7 +256,8 @@ class NodeConfig:
             local_steps=self.local_steps, train_on=self.train_on, order=self.order,
             merge_k=self.merge_k, inbox_size=self.inbox_size,
             age_guard=AgeGuard(self.age_guard),
-            screen=self.screen, screen_distance=self.screen_distance, attack=self.attack,
+            screen=self.screen, screen_low=self.screen_low,
+            screen_distance=self.screen_distance, attack=self.attack,
         )  # fmt: skip
 
     def replace(self, **changes: Any) -> NodeConfig:

@@ -63,7 +63,8 @@ class PeerConfig:
     ``busy`` (HTTP 429 in a real node). train_cost: virtual seconds one training step takes
     in the simulator (real nodes take what they take). age_guard: how implausibly large
     received ages are treated (see :mod:`gossip.age_guard`). screen / screen_distance: the
-    norm and distance screens' factors (:mod:`gossip.robust.screen`; 0 = off). window: distinct recent senders the screen
+    norm and distance screens' factors (:mod:`gossip.robust.screen`; 0 = off); screen_low:
+    the norm screen's lower bound (a fraction of the honest norms; 0 = none). window: distinct recent senders the screen
     and the robust merge rules remember. attack: ``none`` or an attack kind
     (:mod:`gossip.robust.attacks`): this peer then gossips poison instead of its model.
     """
@@ -82,6 +83,7 @@ class PeerConfig:
     train_cost: float = 0.0
     age_guard: AgeGuard = field(default_factory=AgeGuard)
     screen: float = 10.0
+    screen_low: float = 0.5
     screen_distance: float = 4.0
     window: int = 8
     attack: str = "none"
@@ -115,6 +117,10 @@ class PeerConfig:
             value = getattr(self, name)
             if not (value == 0 or 1 <= value < float("inf")):
                 raise ConfigError(f"{name} factor must be 0 (off) or >= 1, got {value}")
+        if not 0 <= self.screen_low < 1:
+            raise ConfigError(
+                f"screen_low must be in [0, 1) (0: no lower bound), got {self.screen_low}"
+            )
         parse_merge_spec(self.merge)  # validates the name
         AttackSpec.parse(self.attack, need_fraction=False)
 
@@ -198,7 +204,7 @@ class Peer:
         self.rng = rng
         self.compute: Compute = compute or InlineCompute()
         self.merger = Merger(config.merge, config.window)
-        self.screen = NormScreen(config.screen, config.window)
+        self.screen = NormScreen(config.screen, config.window, low=config.screen_low)
         self.distance_screen = DistanceScreen(config.screen_distance, config.window)
         self.allowance = config.age_guard.allowance(*self._training_rate())
         attack = AttackSpec.parse(config.attack, need_fraction=False)

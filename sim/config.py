@@ -36,6 +36,7 @@ FIELD_HELP: dict[str, str] = {
     "model": "logreg, mlp, cnn, resnet18 or charlstm",
     "merge": "age-weighted, average, replace, none (peers train alone), or robust: clipped[:MULT], trimmed-mean[:K], median",
     "screen": "norm screen: refuse received models whose norm exceeds this many times the honest reference (0 = off)",
+    "screen_low": "norm screen's lower bound: also refuse received models whose norm is below this fraction of the honest norms (0 = none; default 0.5, or 0 with --init independent, whose averaging shrinks norms by design)",
     "screen_distance": "distance screen: refuse received models further than this many times the other senders' median distance (0 = off)",
     "age_guard": "cap, refuse or off: received ages may add at most a refilling credit to a peer's age",
     "attack": "none or KIND:FRACTION of peers gossiping poison: sign-flip, random, huge, age-inflation, alie, ipm",
@@ -107,6 +108,7 @@ class SimConfig:
     model: str = "mlp"
     merge: str = "age-weighted"
     screen: float = 10.0
+    screen_low: float | None = None
     screen_distance: float = 4.0
     age_guard: str = "cap"
     attack: str = "none"
@@ -198,6 +200,7 @@ class SimConfig:
         return PeerConfig(
             age_guard=AgeGuard(self.age_guard),
             screen=self.screen,
+            screen_low=self.norm_screen_low,
             screen_distance=self.screen_distance,
             period=self.period,
             jitter=self.jitter,
@@ -255,6 +258,17 @@ class SimConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def norm_screen_low(self) -> float:
+        """The norm screen's lower bound: ``screen_low``, or by default 0.5 with a shared
+        initial model and 0 with independent ones. Averaging independent models shrinks
+        their norms by design (two uncorrelated models average to 0.71 of their norm), and
+        a lower bound then refused honest models: a third slower consensus on ``regular:4``
+        with ``--local-steps 0``."""
+        if self.screen_low is not None:
+            return self.screen_low
+        return 0.5 if self.init == "shared" else 0.0
 
     def replace(self, **changes: Any) -> SimConfig:
         return dataclasses.replace(self, **changes)

@@ -75,3 +75,26 @@ def test_one_age_liar_cannot_inflate_the_network() -> None:
     bound = honest["age_max"] + allowance.burst + allowance.rate * config.duration * 2
     assert final["age_max"] < bound < 2**40
     assert final["acc_honest_mean"] > honest["acc_honest_mean"] - 0.05
+
+
+def test_the_lower_norm_bound_stops_ipm_when_honest_models_are_spread() -> None:
+    """Three steps at lr 0.8 spread honest models until ipm's -0.1 mu passes the distance
+    screen (without the lower bound a victim ends at chance); its norm is a tenth of theirs."""
+    accurate = dict(BASE, lr_schedule="cosine", local_steps=3, lr=0.8, attack="ipm:0.2")
+    bounded = run_simulation(SimConfig(**accurate)).final
+    unbounded = run_simulation(SimConfig(**accurate, screen_low=0)).final
+    assert unbounded["acc_honest_min"] < 0.3
+    assert bounded["acc_honest_min"] > 0.8 and bounded["acc_honest_mean"] > 0.85
+    assert bounded["rejected_by_reason"]["outlier"] > unbounded["rejected_by_reason"]["outlier"]
+
+
+def test_the_lower_bound_is_off_by_default_for_independent_models_only() -> None:
+    """Averaging independent models shrinks their norms by design: the bound would refuse
+    honest models (and slowed consensus on regular:4 by a third); an explicit value wins."""
+    assert SimConfig().norm_screen_low == 0.5
+    assert SimConfig().peer_config().screen_low == 0.5
+    independent = SimConfig(init="independent", local_steps=0)
+    assert independent.norm_screen_low == 0.0
+    assert independent.peer_config().screen_low == 0.0
+    assert independent.replace(screen_low=0.3).peer_config().screen_low == 0.3
+    assert SimConfig(screen_low=0).peer_config().screen_low == 0.0

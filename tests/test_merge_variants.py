@@ -124,7 +124,10 @@ def test_with_the_timer_waiting_models_are_merged_before_its_step() -> None:
 
 
 def test_train_then_merge_publishes_the_average_of_the_trained_and_received_model() -> None:
-    config = PeerConfig(order="train-merge", train_on="receive", screen_distance=0, period=100.0)
+    # A zero model keeps the expected average simple: both screens would refuse it.
+    config = PeerConfig(
+        order="train-merge", train_on="receive", screen_distance=0, screen_low=0, period=100.0
+    )
     peer = _peer(config)
     reference = _peer(config)  # the same learner: trains the same batch
     reference.learner.train(steps=1)

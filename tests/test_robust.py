@@ -317,3 +317,51 @@ def test_the_local_model_votes_with_its_motion() -> None:
     assert voted.check("m3", 100.0, 50.0) == OUTLIER  # [1, 1, 50, 50]: lower median 1
     voted.observe_motion(math.nan)  # ignored
     assert voted.motion == 0.5
+
+
+# --------------------------------------------------------------------------- lower bound
+
+
+def test_screen_refuses_a_shrunk_model_below_low_times_the_honest_norm() -> None:
+    """ipm's -0.1 mu has a tenth of the honest norm; the bound is low x min(local, median)."""
+    screen = NormScreen(factor=10.0, low=0.5)
+    for i in range(4):
+        assert screen.check(f"h{i}", 10.0, 10.0, 100) is None
+    assert screen.check("mallory", 10.0, 1.0, 100) == OUTLIER
+    assert screen.check("h5", 10.0, 5.0, 100) is None  # at the bound
+    assert screen.check("h6", 10.0, 4.99, 100) == OUTLIER
+    assert NormScreen(factor=10.0, low=0.0).check("mallory", 10.0, 1e-9, 100) is None
+
+
+def test_lower_bound_cannot_be_lowered_by_a_minority_or_by_the_sender_itself() -> None:
+    screen = NormScreen(factor=10.0, low=0.5)
+    for i in range(3):
+        screen.check(f"h{i}", 10.0, 10.0, 100)
+    for _ in range(3):  # each attempt is recorded; the sender's own record never votes
+        for i in range(3):
+            assert screen.check(f"m{i}", 10.0, 1.0, 100) == OUTLIER
+    # 3 small of 7 votes (local + 6 senders): the upper median is honest
+    assert screen.check("m9", 10.0, 1.0, 100) == OUTLIER
+    assert screen.check("h0", 10.0, 9.0, 100) is None
+
+
+def test_absurd_senders_cannot_lift_the_lower_bound_above_honest_models() -> None:
+    """A leaf hearing one honest sender and hostile huge ones: the local norm caps the bound,
+    so an honest model at least low x our norm passes however the votes lie."""
+    screen = NormScreen(factor=10.0, low=0.5)
+    for i in range(5):
+        screen.check(f"huge{i}", 10.0, 1e30, 100)
+    assert screen.check("honest", 10.0, 6.0, 100) is None
+
+
+def test_a_zero_local_model_refuses_nothing_by_the_lower_bound() -> None:
+    screen = NormScreen(factor=10.0, low=0.5)
+    assert screen.lower_reference("a", 0.0) == 0.0
+    screen.check("h1", 0.0, 0.0, 100)
+    assert screen.check("h2", 0.0, 0.0, 100) is None
+
+
+@pytest.mark.parametrize("low", [-0.1, 1.0, math.nan])
+def test_screen_low_out_of_range_is_refused(low: float) -> None:
+    with pytest.raises(ValueError, match="screen low"):
+        NormScreen(low=low)

@@ -17,6 +17,17 @@ norm is more than ``factor`` times a reference that honest data determines:
 * Norms are compared, not trusted: an infinite or NaN norm is refused.
 * The floor gives a model without scale (all zeros, say) one: with the defaults, any model
   whose root-mean-square value is at most ``factor * floor_rms = 1`` passes.
+* A lower bound: a model whose norm is below ``low`` times both the local model's norm and
+  the *upper* median of it and the other recent senders' latest norms is refused too.
+  Honest models of one network have nearly equal norms (see the README for the ratios
+  measured), while shrinking poison such as ``ipm``'s ``-0.1 mu`` has a tenth of theirs and
+  escapes the distance screen whenever honest models are spread: with 3 local steps at lr
+  0.8 one merged ``ipm`` model shrinks its victim, whose models then spread the others
+  further, and 20% attackers took the network to 0.10. The upper median, because attackers
+  would lower a lower one; the local norm too, so that senders with absurd norms cannot lift
+  the bound above honest models (one at least ``low`` times our own norm always passes); a
+  zero local model (a newcomer initialised at zero) refuses nothing by it. ``low = 0`` turns
+  the bound off.
 
 Refusals are counted by the caller as ``outlier``. ``factor = 0`` turns the screen off.
 
@@ -51,11 +62,16 @@ OUTLIER = "outlier"
 class NormScreen:
     """Per-peer norm screen (its state: the latest norm of each recent sender)."""
 
-    def __init__(self, factor: float = 10.0, window: int = 8, floor_rms: float = 0.1) -> None:
+    def __init__(
+        self, factor: float = 10.0, window: int = 8, floor_rms: float = 0.1, low: float = 0.5
+    ) -> None:
         if not (math.isfinite(factor) and (factor == 0 or factor >= 1)):
             raise ValueError(f"screen factor must be 0 (off) or >= 1, got {factor}")
+        if not 0 <= low < 1:
+            raise ValueError(f"screen low must be in [0, 1) (0: no lower bound), got {low}")
         self.factor = factor
         self.floor_rms = floor_rms
+        self.low = low
         self.norms: SenderWindow[float] = SenderWindow(window)
 
     @property
@@ -74,8 +90,17 @@ class NormScreen:
         if not self.enabled:
             return None
         limit = self.factor * self.reference(sender, local_norm, numel)
+        lower = self.low * self.lower_reference(sender, local_norm) if self.low else 0.0
         self.norms.put(sender, remote_norm if math.isfinite(remote_norm) else math.inf)
-        return None if remote_norm <= limit else OUTLIER
+        return None if lower <= remote_norm <= limit else OUTLIER
+
+    def lower_reference(self, sender: str, local_norm: float) -> float:
+        """``min(local norm, upper median of it and the other senders' norms)``; 0 for a
+        zero local model."""
+        if not local_norm > 0:
+            return 0.0
+        votes = sorted([local_norm, *self.norms.values(exclude=sender)])
+        return min(local_norm, votes[len(votes) // 2])
 
 
 class DistanceScreen:
