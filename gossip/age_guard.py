@@ -45,8 +45,13 @@ from gossip.errors import ConfigError
 
 POLICIES = ("cap", "refuse", "off")
 # rate = RATE_FACTOR x the peer's own training rate, burst = BURST_UPDATES x one update.
+# Honest ages grow 2.0-2.9x the own training rate (timer / receive), hence 4. The burst was
+# 100 updates; with the step size a function of the age (the cosine default) a liar's
+# first lie alone then moved every victim a third of the way through a 300-period schedule
+# (20% age liars: 0.928 against 0.957 clean; with 10 updates 0.939, and honest runs with
+# churn, joins or a healed partition end as before, a few merges capped on rejoining).
 RATE_FACTOR = 4.0
-BURST_UPDATES = 100
+BURST_UPDATES = 10
 
 
 @dataclass(frozen=True)

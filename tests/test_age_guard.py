@@ -42,7 +42,7 @@ def test_forty_lies_do_not_ratchet() -> None:
     age = 4_832
     for i in range(40):
         age = _merge(allowance, age, 2**53 - 1, now=float(i))  # one lie per second
-    # At most the burst (100 updates) plus 39 s of credit at 4x the training rate.
+    # At most the burst (10 updates) plus 39 s of credit at 4x the training rate.
     assert age <= 4_832 + BURST_UPDATES * 32 + RATE_FACTOR * 32 * 39
     assert age < 20_000
 

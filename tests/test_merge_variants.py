@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from gossip.age_guard import AgeGuard
 from gossip.errors import ConfigError
 from gossip.learner import Learner, LearnerConfig, LocalData
 from gossip.robust.merger import Merger
@@ -95,7 +96,7 @@ def _offer_all(peer: Peer, messages: list[ModelMessage], then: float = 0.0) -> N
 
 def test_with_merge_k_models_wait_for_company_then_merge_in_one_average() -> None:
     peer = _peer(PeerConfig(merge_k=3, train_on="receive", local_steps=0, screen_distance=0,
-                            period=100.0))  # fmt: skip
+                            period=100.0, age_guard=AgeGuard("off")))  # fmt: skip
     peer.learner.state.flat.zero_()
     peer.learner.state.age = 10
     ones = torch.ones_like(peer.learner.state.flat)
@@ -103,7 +104,7 @@ def test_with_merge_k_models_wait_for_company_then_merge_in_one_average() -> Non
     _offer_all(peer, msgs)
     assert peer.counters.merges == 0 and peer.learner.state.age == 10  # still waiting
     peer = _peer(PeerConfig(merge_k=3, train_on="receive", local_steps=0, screen_distance=0,
-                            period=100.0))  # fmt: skip
+                            period=100.0, age_guard=AgeGuard("off")))  # fmt: skip
     peer.learner.state.flat.zero_()
     peer.learner.state.age = 10
     msgs = [ModelMessage(f"s{i}", 10 * (i + 1), ones * (i + 1), 10) for i in range(3)]
