@@ -50,8 +50,8 @@ console = Console(width=max(150, Console().width))
 def config(model: str, peers: int, periods: int, engine: str) -> SimConfig:
     return SimConfig(
         peers=peers, topology="ring", sampler="uniform", model=model, dataset="synthetic",
-        batch_size=SAMPLES_PER_PEER, local_steps=1, lr=0.1, screen=0, screen_distance=0,
-        codec="off", periods=periods, eval_every=periods, eval_peers=10, threads=1,
+        batch_size=SAMPLES_PER_PEER, local_steps=1, lr=0.1, lr_schedule="constant", screen=0,
+        screen_distance=0, codec="off", periods=periods, eval_every=periods, eval_peers=10, threads=1,
         engine=engine,
     )  # fmt: skip
 

@@ -66,6 +66,9 @@ def child(model: str, peers: int, periods: int, eval_every: int, dataset: str) -
         eval_every=eval_every,
         eval_peers=0,
         threads=1,
+        local_steps=1,  # one step a period at a constant rate: the figures per update
+        lr=0.5,
+        lr_schedule="constant",
     )
     data = load_dataset(config.dataset, root=config.data_dir, seed=config.seed)
     rss_before = current_rss()

@@ -70,6 +70,8 @@ def make_config(model: str, peers: int, updates: int, topology: str) -> SimConfi
         model=model,
         batch_size=32,
         local_steps=1,
+        lr=0.5,
+        lr_schedule="constant",
         # An update = a merge and the SGD step it triggers, as measured before the timer
         # became the default (with the timer, a period costs the same merge + step).
         train_on="receive",
