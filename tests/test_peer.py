@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from gossip.age_guard import AgeGuard
 from gossip.errors import ConfigError
 from gossip.learner import Learner, LearnerConfig, LocalData
 from peers.peer import Peer, PeerConfig
@@ -80,7 +81,8 @@ def test_two_peers_exchange_and_both_ages_grow() -> None:
 
 def test_received_model_is_merged_by_age() -> None:
     # Merge arithmetic on a hand-set model: the distance screen (tested apart) is off.
-    (peer,), _ = _peers(1, PeerConfig(local_steps=0, screen_distance=0))
+    # No local steps give the age guard a burst of 10 samples: it is tested apart, so off.
+    (peer,), _ = _peers(1, PeerConfig(local_steps=0, screen_distance=0, age_guard=AgeGuard("off")))
     peer.learner.state.flat.zero_()
     peer.learner.state.age = 10
 
