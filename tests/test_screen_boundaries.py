@@ -25,6 +25,35 @@ def test_norm_screen_defaults() -> None:
     assert (screen.factor, screen.norms.size, screen.floor_rms) == (10.0, 8, 0.1)
 
 
+def test_norm_screen_default_lower_bound_is_half() -> None:
+    assert NormScreen().low == 0.5
+
+
+def test_lower_bound_excludes_the_senders_own_record() -> None:
+    """Local 10, b's 2, mallory's earlier 1: without mallory the upper median of [2, 10] is
+    10, the bound 0.5 x min(10, 10) = 5. Mallory's own 1 would make it [1, 2, 10] -> 2."""
+    screen = NormScreen(factor=10.0, low=0.5)
+    screen.check("b", 10.0, 2.0, 100)  # refused (below 5), but recorded
+    screen.check("mallory", 10.0, 1.0, 100)
+    assert screen.lower_reference("mallory", 10.0) == 10.0
+    assert screen.lower_reference("c", 10.0) == 2.0  # a third sender hears both votes
+    assert screen.check("mallory", 10.0, 1.5, 100) == OUTLIER
+
+
+def test_lower_bound_applies_to_local_norms_below_one() -> None:
+    """Nothing special about a norm of 1: a local model of norm 0.8 bounds at 0.4."""
+    screen = NormScreen(factor=10.0, low=0.5)
+    assert screen.lower_reference("a", 0.8) == 0.8
+    assert screen.check("a", 0.8, 0.1, 100) == OUTLIER
+    assert screen.check("b", 0.8, 0.4, 100) is None
+
+
+def test_low_zero_has_no_lower_bound_even_for_an_overflowing_local_norm() -> None:
+    """A float32 norm can overflow to inf; 0 x inf is NaN, which would refuse everything."""
+    screen = NormScreen(factor=10.0, low=0.0)
+    assert screen.check("a", math.inf, 1.0, 100) is None
+
+
 @pytest.mark.parametrize("cls", [NormScreen, DistanceScreen])
 @pytest.mark.parametrize("factor", [0.0, 1.0, 1.5])
 def test_a_factor_of_0_1_or_more_is_accepted(cls: type, factor: float) -> None:
