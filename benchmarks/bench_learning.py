@@ -96,10 +96,13 @@ def jobs(
         out.append(("digits-iid", "centralized (30 epochs)", {"epochs": 30}))
         # The yardstick is the better of the two: the defaults' lr 0.8 cosine and the classic
         # constant lr 0.5 (which ends higher on some seeds and CPUs).
-        out.append((
-            "digits-iid", "centralized (30 epochs, lr 0.5 constant)",
-            {"epochs": 30, "lr": 0.5, "lr_schedule": "constant"},
-        ))
+        out.append(
+            (
+                "digits-iid",
+                "centralized (30 epochs, lr 0.5 constant)",
+                {"epochs": 30, "lr": 0.5, "lr_schedule": "constant"},
+            )
+        )
     if "digits-noniid" in suites:
         for part in NONIID:
             name = f"digits {part}"
