@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import typer
 
 from gossip.errors import ConfigError, GossipError
+from gossip.memory import enable_huge_pages
 from peers.cli_options import ConfigOpt, given_on_command_line, with_dataclass_options
 from peers.node_config import NODE_HELP, NodeConfig
 
@@ -144,4 +145,7 @@ def keygen(
 
 
 def main() -> None:
+    # Before torch is imported (it reads the setting once): huge pages for the decoded models
+    # a node allocates per push (gossip.memory).
+    enable_huge_pages()
     app()
