@@ -48,21 +48,27 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import torch
-from aiohttp import web
-from torch import nn
+from gossip.memory import enable_huge_pages, kernel_mode
 
-from gossip.codec import CODECS, MessageMeta, decode, encode, encode_into
-from gossip.learner import Learner, LearnerConfig, LocalData
-from gossip.merge import AgeWeightedMerge
-from gossip.state import ModelState
-from peers.auth import AuthConfig, MessageSigner, MessageVerifier
-from peers.http_transport import CONTENT_TYPE, HttpConfig, HttpTransport
-from peers.peer import Peer, PeerConfig, ThreadCompute
-from peers.server import NodeServer
-from peers.transport import ModelMessage, ModelSnapshot
-from sampling.uniform import UniformSampler
+# As gossip-node does, before torch is imported (it reads the setting once); both processes
+# run this. THP_MEM_ALLOC_ENABLE=0 in the environment measures without huge pages.
+HUGE_PAGES = enable_huge_pages()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from aiohttp import web  # noqa: E402
+from torch import nn  # noqa: E402
+
+from gossip.codec import CODECS, MessageMeta, decode, encode, encode_into  # noqa: E402
+from gossip.learner import Learner, LearnerConfig, LocalData  # noqa: E402
+from gossip.merge import AgeWeightedMerge  # noqa: E402
+from gossip.state import ModelState  # noqa: E402
+from peers.auth import AuthConfig, MessageSigner, MessageVerifier  # noqa: E402
+from peers.http_transport import CONTENT_TYPE, HttpConfig, HttpTransport  # noqa: E402
+from peers.peer import Peer, PeerConfig, ThreadCompute  # noqa: E402
+from peers.server import NodeServer  # noqa: E402
+from peers.transport import ModelMessage, ModelSnapshot  # noqa: E402
+from sampling.uniform import UniformSampler  # noqa: E402
 
 MB = 1e6
 SERVER_ID = "server"
@@ -133,10 +139,12 @@ class TimedNodeServer(NodeServer):
         self.decode_s: list[float] = []
         inner = transport.check_and_decode
 
-        async def timed_check_and_decode(body: bytes, auth_header: str | None) -> ModelMessage:
+        async def timed_check_and_decode(
+            body: bytes, auth_header: str | None, *, copy: bool = True
+        ) -> ModelMessage:
             start = time.perf_counter()
             try:
-                return await inner(body, auth_header)
+                return await inner(body, auth_header, copy=copy)
             finally:
                 self.decode_s.append(time.perf_counter() - start)
 
@@ -268,6 +276,7 @@ class Row:
     encode_ms: float
     encode_pool_ms: float
     decode_ms: float
+    view_ms: float
     merge_ms: float
     srv_read_ms: float
     srv_decode_ms: float
@@ -283,8 +292,11 @@ def _median_time(fn: Callable[[], object], n: int) -> float:
     return statistics.median(times)
 
 
-def codec_times(state: ModelState, codec: str, n: int) -> tuple[bytes, float, float, float, float]:
-    """(message, encode s, encode into a reused buffer s, decode s, merge s), medians of
+def codec_times(
+    state: ModelState, codec: str, n: int
+) -> tuple[bytes, float, float, float, float, float]:
+    """(message, encode s, encode into a reused buffer s, decode s, decode s without a copy
+    (what a node's server does: ``copy=False`` from its upload buffer), merge s), medians of
     ``n`` back-to-back runs each."""
     schema = state.schema
     meta = MessageMeta(CLIENT_ID, 1000, "nonce", time.time(), schema.hash, codec)
@@ -293,11 +305,13 @@ def codec_times(state: ModelState, codec: str, n: int) -> tuple[bytes, float, fl
     buf = bytearray(len(message))
     pool_s = _median_time(lambda: encode_into(state.flat, schema, meta, buf), n)
     decode_s = _median_time(lambda: decode(message, schema), n)
+    upload = bytearray(message)
+    view_s = _median_time(lambda: decode(upload, schema, copy=False), n)
     remote = decode(message, schema).flat
     local = state.flat.clone()
     rule = AgeWeightedMerge()
     merge_s = _median_time(lambda: rule.merge_(local, 1000, remote, 1000), n)
-    return message, encode_s, pool_s, decode_s, merge_s
+    return message, encode_s, pool_s, decode_s, view_s, merge_s
 
 
 class SocketClient:
@@ -395,7 +409,7 @@ async def measure_codec(
     first), so that load from other processes hits all of them alike."""
     http_port, raw_port, sock_port = ports
     n = args.decode_repeat if state.schema.numel * 4 < 8 * MB else max(3, args.decode_repeat // 4)
-    message, enc_s, pool_s, dec_s, merge_s = codec_times(state, codec, n)
+    message, enc_s, pool_s, dec_s, view_s, merge_s = codec_times(state, codec, n)
     payload = os.urandom(1024) * (len(message) // 1024) + os.urandom(len(message) % 1024)
     url = f"http://127.0.0.1:{http_port}"
     transport = _transport(url, state, codec)
@@ -451,6 +465,7 @@ async def measure_codec(
         encode_ms=enc_s * 1e3,
         encode_pool_ms=pool_s * 1e3,
         decode_ms=dec_s * 1e3,
+        view_ms=view_s * 1e3,
         merge_ms=merge_s * 1e3,
         srv_read_ms=statistics.median(h - d for h, d in zip(handler_s, decode_s, strict=True))
         * 1e3,
@@ -486,7 +501,8 @@ async def measure(args: argparse.Namespace) -> list[Row]:
 HEADER = (
     f"{'model MB':>8} {'codec':>5} {'wire MB':>7} {'push ms':>8} {'HTTP MB/s':>9}"
     f" {'POST MB/s':>9} {'raw MB/s':>9} {'sock MB/s':>9} {'/sock':>6} {'/raw':>6}"
-    f" {'8x MB/s':>8} {'enc ms':>7} {'enc pool':>8} {'dec ms':>7} {'merge ms':>8}"
+    f" {'8x MB/s':>8} {'enc ms':>7} {'enc pool':>8} {'dec ms':>7} {'dec view':>8}"
+    f" {'merge ms':>8}"
     f" {'srv read':>8} {'srv dec':>8}  outcomes"
 )
 
@@ -497,7 +513,7 @@ def print_row(r: Row) -> None:
         f" {r.post_mbps:>9.0f} {r.raw_mbps:>9.0f} {r.sock_mbps:>9.0f}"
         f" {r.http_mbps / r.sock_mbps:>6.3f} {r.http_mbps / r.raw_mbps:>6.3f}"
         f" {r.multi_mbps:>8.0f} {r.encode_ms:>7.2f} {r.encode_pool_ms:>8.2f} {r.decode_ms:>7.2f}"
-        f" {r.merge_ms:>8.2f} {r.srv_read_ms:>8.1f} {r.srv_decode_ms:>8.1f}  {r.outcomes}",
+        f" {r.view_ms:>8.2f} {r.merge_ms:>8.2f} {r.srv_read_ms:>8.1f} {r.srv_decode_ms:>8.1f}  {r.outcomes}",
         flush=True,
     )
 
@@ -551,7 +567,8 @@ def main() -> None:
     print(
         f"loop: {args.loop}, server: {args.server}, server merge: {args.server_merge}, torch threads:"
         f" {torch.get_num_threads()}, cpus: {os.cpu_count()}, medians of {args.repeat} rounds,"
-        f" 1 MB = 10**6 bytes, ms columns are medians"
+        f" 1 MB = 10**6 bytes, ms columns are medians, huge pages:"
+        f" {'on' if HUGE_PAGES else 'off'} (kernel: {kernel_mode()})"
     )
     print(HEADER)
     _loop_policy(args.loop)

@@ -394,14 +394,23 @@ class _Connection(asyncio.Protocol):
 
 
 class BufferPool:
-    """At most ``count`` reusable buffers of ``size`` bytes, allocated on first need.
+    """At most ``count`` reusable buffers of ``size`` bytes being filled at once, and at most
+    ``count + lendable`` in all, allocated on first need.
 
-    Memory held by request bodies is then bounded by ``count * size`` whatever the clients
-    do, and is reused rather than returned to (and fragmented in) the allocator.
+    Memory held by request bodies is then bounded by ``(count + lendable) * size`` whatever
+    the clients do, and is reused rather than returned to (and fragmented in) the allocator.
+
+    A released buffer may still be *lent*: a model decoded without a copy
+    (``decode(copy=False)``) is a view of it, waiting in the inbox or being merged. Such a
+    buffer is not handed out again until nothing views it any more. That is exact, not a
+    guess from reference counts: a ``bytearray`` with a live buffer export (numpy, and so the
+    torch tensor built on it, holds one for as long as it or any view of it lives) refuses
+    to be resized, which :func:`_exported` tries.
     """
 
-    def __init__(self, count: int, size: int) -> None:
+    def __init__(self, count: int, size: int, lendable: int = 0) -> None:
         self.count = count
+        self.lendable = lendable
         self.size = size
         self.allocated = 0
         self.in_use = 0
@@ -409,10 +418,17 @@ class BufferPool:
         self._free: list[bytearray] = []
 
     def acquire(self) -> bytearray | None:
-        """A free buffer, or None when all ``count`` are in use."""
-        if self._free:
-            buf = self._free.pop()
-        elif self.allocated < self.count:
+        """A free buffer, or None when ``count`` are being filled or every one of the
+        ``count + lendable`` is in use or lent."""
+        if self.in_use >= self.count:
+            return None
+        # (by position: list.remove would compare the buffers' contents)
+        free = next(
+            (i for i in range(len(self._free) - 1, -1, -1) if not _exported(self._free[i])), None
+        )
+        if free is not None:
+            buf = self._free.pop(free)
+        elif self.allocated < self.count + self.lendable:
             buf = bytearray(self.size)
             self.allocated += 1
         else:
@@ -422,5 +438,23 @@ class BufferPool:
         return buf
 
     def release(self, buf: bytearray) -> None:
+        """Done filling ``buf`` (it may stay lent until the views of it are gone)."""
         self.in_use -= 1
         self._free.append(buf)
+
+    @property
+    def lent(self) -> int:
+        """Released buffers that something still views (decoded models not yet merged)."""
+        return sum(1 for b in self._free if _exported(b))
+
+
+def _exported(buf: bytearray) -> bool:
+    """Whether something holds a view of ``buf``: resizing it then raises BufferError. The
+    probe grows it by one byte and shrinks it back (about 1 us; the first one may move the
+    allocation once, with mremap)."""
+    try:
+        buf.append(0)
+    except BufferError:
+        return True
+    del buf[-1]
+    return False

@@ -20,6 +20,7 @@ message (see :mod:`peers.auth`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -29,6 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import aiohttp
 
@@ -186,6 +188,7 @@ class HttpTransport(Transport):
         # Large models are encoded into a pooled buffer, reused push after push: a fresh
         # model-sized allocation page-faults on every push (glibc maps blocks > 32 MB anew).
         buf = self.send_buffers.acquire() if self._pooled else None
+        body: bytes | memoryview = b""
         try:
             body = await self.encode_async(snapshot, buf)
             headers = {"Content-Type": CONTENT_TYPE, **self.signer.headers(body)}
@@ -197,6 +200,13 @@ class HttpTransport(Transport):
             return SendOutcome.FAILED
         finally:
             if buf is not None:
+                # The pool reuses a buffer only when nothing views it; a failed request's
+                # traceback keeps aiohttp's reference to the body alive until the cyclic
+                # collector runs. Releasing our view ends its export now: a late reader
+                # gets ValueError, never the next push's bytes.
+                if isinstance(body, memoryview):
+                    with contextlib.suppress(BufferError):
+                        body.release()
                 self.send_buffers.release(buf)
         if 200 <= status < 300:
             return SendOutcome.DELIVERED
@@ -319,8 +329,11 @@ class HttpTransport(Transport):
             return None
         return reply
 
-    async def check_and_decode(self, body: bytes, auth_header: str | None) -> ModelMessage:
-        """Validate metadata, authenticate, then decode (the server's path too)."""
+    async def check_and_decode(
+        self, body: bytes, auth_header: str | None, *, copy: bool = True
+    ) -> ModelMessage:
+        """Validate metadata, authenticate, then decode (the server's path too; ``copy``:
+        see :func:`gossip.codec.decode`)."""
         meta = read_meta(body, self.schema)
         self.verifier.verify(
             sender=meta.sender,
@@ -331,7 +344,7 @@ class HttpTransport(Transport):
             now=time.time(),
         )
         if len(body) > _THREAD_THRESHOLD:
-            decoded = await asyncio.to_thread(decode, body, self.schema)
+            decoded = await asyncio.to_thread(partial(decode, body, self.schema, copy=copy))
         else:
-            decoded = decode(body, self.schema)
+            decoded = decode(body, self.schema, copy=copy)
         return ModelMessage(decoded.meta.sender, decoded.meta.age, decoded.flat, len(body))

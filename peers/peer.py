@@ -476,6 +476,9 @@ class Peer:
             work = partial(self._merge_and_train, batch, loop.time())
             await self.compute.run(work, self._receive_cost())
             self.merge_latencies.extend(loop.time() - t for t in times)
+            # Merged: drop them now, not when the next batch is formed (a node's received
+            # models may be views of its upload buffers, lent until they are gone).
+            del message, batch, work
 
     async def _gossip_loop(self) -> None:
         c = self.config

@@ -19,8 +19,11 @@ take, and answers unparsable requests briefly; here, at most
 ``max_requests`` handlers run at once (beyond: 503 at once; ``/healthz`` is exempt, it never
 waits) and at most ``max_uploads`` push bodies are read at once, each into one of as many
 reusable buffers of the largest valid message size (beyond: 503, and the connection is
-closed without reading the body). Memory held by uploads is thus at most
-``max_uploads * max_body``, and a refused or aborted upload holds none.
+closed without reading the body). An accepted fp32 model is not copied out of its buffer:
+it is a view of it, and the buffer is lent until the model is merged (at most
+``inbox_size + 2 * merge_k`` of them). Memory held by uploads is thus at most
+``(max_uploads + inbox_size + 2 * merge_k) * max_body`` (before, the inbox held as many
+decoded copies), and a refused or aborted upload holds none.
 """
 
 from __future__ import annotations
@@ -158,7 +161,7 @@ _HTTP_METRICS = (
     ("requests_refused", "counter", "HTTP requests answered 503: max_requests reached"),
     ("uploads_in_progress", "gauge", "Push bodies being read"),
     ("uploads_refused", "counter", "Pushes answered 503: max_uploads bodies being read"),
-    ("upload_buffers", "gauge", "Upload buffers allocated (at most max_uploads)"),
+    ("upload_buffers", "gauge", "Upload buffers allocated (reading or lent to a model)"),
 )
 
 
@@ -190,7 +193,14 @@ class NodeServer:
         self.status = status
         self.limits = limits or ServerLimits()
         self.max_body = max_message_bytes(transport.schema)
-        self.uploads = BufferPool(self.limits.max_uploads, self.max_body)
+        # Accepted fp32 models are views of their upload buffer (decode(copy=False)): a buffer
+        # is then lent until its model is merged. At most inbox_size of them wait in the
+        # inbox, merge_k for company, and merge_k are being merged (see Peer._inbox_loop).
+        # An attacking test node (alie, ipm) keeps the models it saw: it copies instead.
+        config = peer.config
+        self.borrow = peer.attacker is None or peer.attacker.kind not in ("alie", "ipm")
+        lendable = config.inbox_size + 2 * config.merge_k if self.borrow else 0
+        self.uploads = BufferPool(self.limits.max_uploads, self.max_body, lendable)
         self.in_flight = 0
         self.requests_refused = 0
         self.uploads_refused = 0
@@ -344,12 +354,13 @@ class NodeServer:
             except (ConnectionError, RequestPayloadError):  # gone, or a malformed body
                 return self._refuse("aborted", 400, close=True)
             # A view, not a copy. The checks and the decoder take any buffer (they hash it,
-            # measure it and memoryview() it), although check_and_decode says bytes; the
-            # decoded model is a copy, so the buffer is free again once this returns.
+            # measure it and memoryview() it), although check_and_decode says bytes. An fp32
+            # model is decoded as a view of the buffer, which the pool then lends until the
+            # model is gone (merged, or refused just below); other codecs are copies.
             body = cast(bytes, memoryview(buf)[:n])
             try:
                 message = await self.transport.check_and_decode(
-                    body, request.headers.get(AUTH_HEADER)
+                    body, request.headers.get(AUTH_HEADER), copy=not self.borrow
                 )
             except CodecError as e:
                 return self._refuse(e.reason.value, _STATUS_FOR_REASON.get(e.reason.value, 400))

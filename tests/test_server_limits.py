@@ -322,9 +322,11 @@ async def test_max_uploads_bodies_are_read_at_once_one_more_gets_503(
     assert (http["uploads_in_progress"], http["upload_buffers"]) == (n, n)
     assert dict(node.peer.counters.rejected) == {"overloaded": 1}
     _assert_nothing_taken(node, before)
-    # One upload ends: its buffer is free for the next one, and no new one is allocated.
+    # One upload ends: its buffer is lent to the accepted model (a view of it) until the
+    # model is merged, then free for the next upload: no new one is allocated.
     assert await _finish_upload(holders[0], bodies[0]) == (202, {"accepted": True})
     assert server.uploads.in_use == n - 1
+    await _until(lambda: node.peer.counters.merges == 1 and server.uploads.lent == 0)
     body = _message(node)
     again = await _hold_upload(sockets, node, body)
     await _until(lambda: server.uploads.in_use == n)
@@ -333,6 +335,38 @@ async def test_max_uploads_bodies_are_read_at_once_one_more_gets_503(
         assert await _finish_upload(holder, held) == (202, {"accepted": True})
     assert server.uploads.allocated == server.uploads.peak_in_use == n
     assert _http(node)["uploads_refused"] == 1
+
+
+async def test_an_accepted_model_keeps_its_upload_buffer_until_it_is_merged(
+    start_node: NodeFactory, sockets: Sockets
+) -> None:
+    """fp32 models are views of their upload buffer (no copy): with one upload at a time and
+    merge_k = 3, the first two accepted models wait, each in its own buffer, and the next
+    upload never overwrites them; once the three are merged their buffers are free again."""
+    node = await start_node(max_uploads=1, merge_k=3, inbox_size=4)
+    server, peer = node.server, node.peer
+    assert server.uploads.lendable == 4 + 2 * 3
+    own = node.learner.state.flat.clone()
+    flats = [own * (1.0 + 0.01 * (k + 1)) for k in range(3)]
+    for k in range(2):
+        body = _message(node, flat=flats[k], sender=f"s{k}")
+        assert await _finish_upload(await _hold_upload(sockets, node, body), body) == (
+            202, {"accepted": True},
+        )  # fmt: skip
+        await _until(lambda k=k: len(peer._pending) == k + 1)
+    for message, flat in zip(peer._pending, flats, strict=False):
+        assert torch.equal(message.flat, flat)  # not overwritten by the later upload
+    del message  # (the test's own reference would keep its buffer lent)
+    assert server.uploads.allocated == 2 and server.uploads.lent == 2
+    body = _message(node, flat=flats[2], sender="s2")
+    assert await _finish_upload(await _hold_upload(sockets, node, body), body) == (
+        202, {"accepted": True},
+    )  # fmt: skip
+    await _until(lambda: peer.counters.merges == 3 and server.uploads.lent == 0)
+    assert server.uploads.allocated == 3 and server.uploads.in_use == 0
+    body = _message(node, flat=flats[0], sender="s3")  # a free buffer is reused
+    assert (await _finish_upload(await _hold_upload(sockets, node, body), body))[0] == 202
+    assert server.uploads.allocated == 3
 
 
 # ------------------------------------------------------------------ max_requests
