@@ -64,7 +64,12 @@ from gossip.learner import Learner, LearnerConfig, LocalData  # noqa: E402
 from gossip.merge import AgeWeightedMerge  # noqa: E402
 from gossip.state import ModelState  # noqa: E402
 from peers.auth import AuthConfig, MessageSigner, MessageVerifier  # noqa: E402
-from peers.http_transport import CONTENT_TYPE, HttpConfig, HttpTransport  # noqa: E402
+from peers.http_transport import (  # noqa: E402
+    CONTENT_TYPE,
+    HttpConfig,
+    HttpTransport,
+    ModelPayload,
+)
 from peers.peer import Peer, PeerConfig, ThreadCompute  # noqa: E402
 from peers.server import NodeServer  # noqa: E402
 from peers.transport import ModelMessage, ModelSnapshot  # noqa: E402
@@ -361,7 +366,7 @@ async def _post(transport: HttpTransport, url: str, body: bytes) -> tuple[float,
     """POST an already encoded body through the transport's session (push minus encode)."""
     start = time.perf_counter()
     headers = {"Content-Type": CONTENT_TYPE}
-    async with transport.session.post(url, data=body, headers=headers) as resp:
+    async with transport.session.post(url, data=ModelPayload(body), headers=headers) as resp:
         await resp.read()
     return time.perf_counter() - start, resp.status
 

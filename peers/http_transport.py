@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import aiohttp
+from aiohttp.abc import AbstractStreamWriter
 
 from gossip.codec import (
     CodecError,
@@ -59,6 +60,33 @@ from sampling.views import (
 log = logging.getLogger("gossip.node")
 CONTENT_TYPE = "application/vnd.gossip.safetensors"
 _THREAD_THRESHOLD = 1 << 20  # bytes: above this, (de)serialise off the event loop
+_FIRST_PIECE = 1 << 16  # bytes of the body written with the request's headers
+
+
+class ModelPayload(aiohttp.BytesPayload):
+    """A push body that aiohttp sends without copying it.
+
+    aiohttp sends the request's headers with the body's first write in one
+    ``transport.write``; where ``writelines`` is unsafe (Python before 3.12.9) it joins them,
+    ``b"".join((headers, body))``: a copy of the whole model into a fresh buffer, which for a
+    45 MB model took 20 ms of a 62 ms push (the time before the server saw its first byte).
+    This payload writes a first piece of 64 KiB (the join copies only that) and then the rest
+    as one view, which the event loop's transport sends from where it lies."""
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        view = memoryview(self._value)
+        if content_length is not None:
+            view = view[:content_length]
+        await writer.write(view[:_FIRST_PIECE])
+        if len(view) > _FIRST_PIECE:
+            await writer.write(view[_FIRST_PIECE:])
+
+
 # A view exchange: at most this many entries and bytes (a sampler's own limit, its exchange
 # length, is checked by the sampler).
 MAX_SAMPLE_ENTRIES = 256
@@ -192,7 +220,8 @@ class HttpTransport(Transport):
         try:
             body = await self.encode_async(snapshot, buf)
             headers = {"Content-Type": CONTENT_TYPE, **self.signer.headers(body)}
-            async with self.session.post(f"{url}/v1/gossip", data=body, headers=headers) as resp:
+            payload = ModelPayload(body, content_type=CONTENT_TYPE)
+            async with self.session.post(f"{url}/v1/gossip", data=payload, headers=headers) as resp:
                 await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, OSError) as e:

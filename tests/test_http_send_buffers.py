@@ -64,3 +64,33 @@ async def test_a_failed_push_gives_its_buffer_back() -> None:
         assert transport.send_buffers.in_use == 0 and transport.send_buffers.allocated == 1
     finally:
         await transport.close()
+
+
+class _Recorder:
+    """A stream writer that records each write (what aiohttp's would pass to the transport)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    async def write(self, chunk: bytes | memoryview) -> None:
+        self.writes.append(bytes(chunk))
+
+
+async def test_a_model_payload_writes_a_small_first_piece_then_the_rest() -> None:
+    """aiohttp joins the request's headers with the first write (a copy, on Python before
+    3.12.9): that write must be small, and the pieces must make up the body exactly."""
+    from peers.http_transport import _FIRST_PIECE, ModelPayload
+
+    body = bytes(range(256)) * 1000  # 256,000 bytes
+    payload = ModelPayload(memoryview(body))
+    assert payload.size == len(body)
+    recorder = _Recorder()
+    await payload.write(recorder)  # type: ignore[arg-type]
+    assert [len(w) for w in recorder.writes] == [_FIRST_PIECE, len(body) - _FIRST_PIECE]
+    assert b"".join(recorder.writes) == body
+    short = _Recorder()
+    await ModelPayload(body).write_with_length(short, 1000)  # type: ignore[arg-type]
+    assert short.writes == [body[:1000]]  # at most content_length, in one piece
+    tiny = _Recorder()
+    await ModelPayload(b"").write(tiny)  # type: ignore[arg-type]
+    assert b"".join(tiny.writes) == b""
