@@ -253,9 +253,14 @@ class HttpTransport(Transport):
                         return None
                     if (resp.content_length or 0) > max_message_bytes(self.schema):
                         return None
-                    body = await resp.content.read(max_message_bytes(self.schema) + 1)
+                    # The whole body: StreamReader.read(n) returns what has arrived, at most
+                    # n bytes (a pulled model larger than one chunk was cut and refused).
+                    body = await read_capped(resp.content, max_message_bytes(self.schema))
                     header = resp.headers.get(AUTH_HEADER)
                 break
+            except Oversized:
+                self._note_failure(dest, "too_large")
+                return None
             except (aiohttp.ClientConnectionError, TimeoutError, OSError) as e:
                 self._note_failure(dest, type(e).__name__)
                 if attempt == 2:

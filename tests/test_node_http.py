@@ -129,10 +129,12 @@ async def test_two_nodes_exchange_models_and_ages_grow(tmp_path: Path) -> None:
         await b.stop()
 
 
-async def test_pull_mode_over_http(tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", ["logreg", "mlp"])
+async def test_pull_mode_over_http(tmp_path: Path, model: str) -> None:
+    """mlp: 221 KB, a body that arrives in several chunks (a pull once kept only the first)."""
     a_port, b_port = free_ports(2)
-    a = await _started(_config(tmp_path, a_port, [a_port, b_port], mode="pull"))
-    b = await _started(_config(tmp_path, b_port, [a_port, b_port], mode="pull"))
+    a = await _started(_config(tmp_path, a_port, [a_port, b_port], mode="pull", model=model))
+    b = await _started(_config(tmp_path, b_port, [a_port, b_port], mode="pull", model=model))
     try:
         await _wait_until(lambda: a.peer.counters.merges >= 3 and b.peer.counters.merges >= 3)
         assert a.peer.counters.pulls >= 3 and a.peer.counters.pushes == 0
