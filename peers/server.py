@@ -60,6 +60,7 @@ from peers.http_transport import (
     MAX_SAMPLE_BYTES,
     MAX_SAMPLE_ENTRIES,
     HttpTransport,
+    ModelPayload,
     Oversized,
     read_capped,
 )
@@ -415,8 +416,10 @@ class NodeServer:
         # Encoded afresh each time: every message carries its own nonce and timestamp, so
         # that a pulling peer's replay protection accepts it.
         body = await self.transport.encode_async(self.peer.published())
+        # (ModelPayload: aiohttp would join the headers with the whole body, a copy of it)
         return web.Response(
-            body=body, content_type=CONTENT_TYPE, headers=self.transport.signer.headers(body)
+            body=ModelPayload(body, content_type=CONTENT_TYPE),
+            headers=self.transport.signer.headers(body),
         )
 
     async def get_status(self, request: web.Request) -> web.Response:
