@@ -5,10 +5,12 @@ evaluating all peers every 25 periods, one torch thread, other settings at their
 defaults) runs in a fresh subprocess, so that its peak RSS is its own. Reported: build and
 run wall time, peak RSS (``getrusage``), and the memory each peer adds (RSS after building
 the peers minus RSS before, divided by the peer count) next to the size of its model
-(``schema.numel * 4`` bytes). A peer holds its parameters, a gradient buffer and one
-published snapshot (3 model sizes) plus the index tensor of its shard and a few Python
-objects; its data is a view into the one shared dataset, which the "shared data" column
-checks.
+(``schema.numel * 4`` bytes), and "tensors / model": the bytes of every distinct tensor
+storage alive after the build (the dataset's excluded) per peer, over the model size: what
+the peers' tensors hold, without the allocator's and Python's overhead that RSS adds. A peer
+holds its parameters and one published snapshot (the simulator's peers share one gradient
+buffer) plus the index tensor of its shard and a few Python objects; its data is a view
+into the one shared dataset, which the "shared data" column checks.
 
     python benchmarks/bench_scale.py
     python benchmarks/bench_scale.py --configs logreg:2000 mlp:500 --periods 50
@@ -82,6 +84,7 @@ def child(model: str, peers: int, periods: int, eval_every: int, dataset: str) -
     index_bytes = sum(
         0 if p.learner.data.indices is None else p.learner.data.indices.nbytes for p in world.peers
     )
+    tensors = tensor_bytes(exclude=data_pointers(data))
     result = run_world(world)
     return {
         "model": model,
@@ -100,7 +103,34 @@ def child(model: str, peers: int, periods: int, eval_every: int, dataset: str) -
         "rss_end": current_rss(),
         "peak_rss": peak_rss(),
         "shared_data": shared,
+        "tensor_bytes_built": tensors,
     }
+
+
+def data_pointers(data: Any) -> set[int]:
+    """Storages of the dataset's tensors (shared by all peers: not a peer's own)."""
+    import torch
+
+    found = set()
+    for value in vars(data).values():
+        if isinstance(value, torch.Tensor):
+            found.add(value.untyped_storage().data_ptr())
+    return found
+
+
+def tensor_bytes(exclude: set[int]) -> int:
+    """Bytes of every distinct tensor storage alive in this process, but ``exclude``: what
+    the peers' tensors hold, without the allocator's and Python's overhead that RSS adds."""
+    import gc
+
+    import torch
+
+    sizes: dict[int, int] = {}
+    for obj in gc.get_objects():
+        if isinstance(obj, torch.Tensor) and obj.device.type == "cpu":
+            storage = obj.untyped_storage()
+            sizes[storage.data_ptr()] = storage.nbytes()
+    return sum(n for ptr, n in sizes.items() if ptr not in exclude)
 
 
 def run_child(spec: str, periods: int, eval_every: int, dataset: str) -> dict[str, Any]:
@@ -169,7 +199,8 @@ def main() -> None:
         "per peer KiB",
         "model KiB",
         "per peer / model",
-        "per peer − 3 models − index KiB",
+        "tensors / model",
+        "per peer − 2 models − index KiB",
         "shared data",
     ):
         mem_table.add_column(col, justify="left" if col == "model" else "right")
@@ -177,7 +208,7 @@ def main() -> None:
         r = run_child(spec, args.periods, args.eval_every, args.dataset)
         n = r["peers"]
         per_peer = (r["rss_built"] - r["rss_before_build"]) / n
-        rest = per_peer - 3 * r["model_bytes"] - r["index_bytes_per_peer"]
+        rest = per_peer - 2 * r["model_bytes"] - r["index_bytes_per_peer"]
         time_table.add_row(
             r["model"],
             f"{n:,}",
@@ -198,6 +229,7 @@ def main() -> None:
             kib(per_peer),
             kib(r["model_bytes"]),
             f"{per_peer / r['model_bytes']:.2f}",
+            f"{r['tensor_bytes_built'] / n / r['model_bytes']:.2f}",
             kib(rest),
             f"{r['shared_data']}/{n}",
         )

@@ -76,7 +76,7 @@ NODE_HELP: dict[str, str] = {
     "screen_low": "norm screen's lower bound: also refuse pushed models whose norm is below this fraction of the honest norms (0 = no lower bound)",
     "screen_distance": "distance screen: refuse pushed models further than this many times the other senders' median distance (0 = off)",
     "attack": "robustness testing only: none, or an attack kind (sign-flip, random, huge, age-inflation, alie, ipm) this node then gossips instead of its model",
-    "max_uploads": "pushed model bodies read at once (each holds one buffer of the largest message size); beyond it pushes get HTTP 503",
+    "max_uploads": "pushed model bodies read at once (each into a buffer of the largest message size, which an accepted model keeps until merged); beyond it pushes get HTTP 503",
     "max_connections_per_ip": "open HTTP connections from one remote address (IPv6: one /64); beyond it its new ones are closed at once, so that one client cannot take all of --max-connections",
 }
 
