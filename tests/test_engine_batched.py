@@ -86,6 +86,14 @@ def test_scenarios_match(kw: dict[str, Any]) -> None:
     _assert_same(a, b)
 
 
+def test_age_caps_match() -> None:
+    """Skewed shard sizes age peers unevenly: the age guard caps merges, on exactly the same
+    merges in the schedule pass as in the asyncio peers (no other scenario here caps any)."""
+    a, b = _both(partition="dirichlet:0.1")
+    assert a.records[-1]["age_capped"] > 0
+    _assert_same(a, b)
+
+
 def test_minibatches_smaller_than_the_shard_are_the_same_batches() -> None:
     # 3 peers hold ~480 samples each: batches of 32 are drawn from each peer's generator.
     a, b = _both(peers=3, topology="complete", batch_size=32, local_steps=2)
