@@ -10,8 +10,10 @@ variable ``THP_MEM_ALLOC_ENABLE=1`` is set, which cuts the faults 512-fold. It w
 default) and costs at most 2 MiB of rounding per large tensor.
 
 torch reads the variable once, at its first allocation, so it must be set before torch is
-imported: the command-line entry points call :func:`enable_huge_pages` first thing. A value
-the user set (``THP_MEM_ALLOC_ENABLE=0`` to switch it off) is kept.
+imported: ``gossip-node`` calls :func:`enable_huge_pages` first thing (``gossip-sim`` does not:
+a simulated peer's tensors are far below 2 MiB, and the batched engine's stacked ones were
+not measured with it). A value the user set (``THP_MEM_ALLOC_ENABLE=0`` to switch it off) is
+kept.
 """
 
 from __future__ import annotations
