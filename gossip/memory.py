@@ -1,4 +1,6 @@
-"""Large tensors without a page fault per 4 KiB: transparent huge pages for torch's allocator.
+"""Memory the allocator holds for nothing: huge pages for large tensors, and freed heap returned.
+
+Large tensors without a page fault per 4 KiB: transparent huge pages for torch's allocator.
 
 A decoded 45 MB model is a fresh allocation per push. glibc serves anything that large with
 a new ``mmap``, so the first write to it faults once per 4 KiB page (11,000 faults, each
@@ -14,12 +16,25 @@ imported: ``gossip-node`` calls :func:`enable_huge_pages` first thing (``gossip-
 a simulated peer's tensors are far below 2 MiB, and the batched engine's stacked ones were
 not measured with it). A value the user set (``THP_MEM_ALLOC_ENABLE=0`` to switch it off) is
 kept.
+
+Freed memory back to the kernel: building a simulation allocates and frees model-sized
+temporaries for every peer (a module's own parameters before they are re-homed into the flat
+buffer, the build's copies). glibc keeps such blocks in its heap for reuse and returns only
+what lies at the top of the heap, so 1,000 ``mlp`` peers built left 0.57 model sizes a peer
+of freed memory resident (RSS 2.78 model sizes a peer against 2.00 that the tensors hold).
+:func:`trim_heap` (glibc's ``malloc_trim(0)``, which hands back every free page, also those
+in the middle of the heap) takes 7 ms there and brings it to 2.21. We call it ourselves, via
+ctypes, because neither Python nor torch exposes it; ``MALLOC_MMAP_THRESHOLD_`` would return
+every such block at once but made the updates 37% slower (every block a fresh mapping).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import sys
+from functools import cache
 from pathlib import Path
 
 ENV = "THP_MEM_ALLOC_ENABLE"
@@ -47,3 +62,26 @@ def kernel_mode() -> str:
         if word.startswith("[") and word.endswith("]"):
             return word[1:-1]
     return "unknown"
+
+
+@cache
+def _malloc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim  # glibc only (musl has no such symbol)
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+def trim_heap() -> bool:
+    """Return the heap's free pages to the kernel (glibc ``malloc_trim(0)``); whether there
+    was a glibc to ask (elsewhere this does nothing and says False)."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
