@@ -518,3 +518,20 @@ def test_graph_properties_of_the_empty_graph() -> None:
     props = graph_properties(nx.Graph())
     assert props["nodes"] == 0
     assert props["connected"] is False
+
+
+@pytest.mark.parametrize(
+    ("spec", "n"), [("ring", 3000), ("torus", 2500), ("watts-strogatz:4:0.01", 3000)]
+)
+def test_the_diameter_hint_gives_the_same_gap(spec: str, n: int) -> None:
+    """graph_properties hands the diameter to spectral_gap, which on a long graph skips
+    Lanczos for shift-invert: the same gap as the unhinted path (and, for the ring, the
+    closed form)."""
+    g = build_topology(spec, n, _rng())
+    props = graph_properties(g)
+    assert props["diameter"] ** 2 >= n  # the hinted path ran
+    assert props["spectral_gap"] == pytest.approx(spectral_gap(g), rel=1e-6)
+    if spec == "ring":
+        assert props["spectral_gap"] == pytest.approx(
+            2 * (1 - math.cos(2 * math.pi / n)) / 3, rel=1e-6
+        )
