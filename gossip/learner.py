@@ -23,6 +23,7 @@ from gossip.schedule import LRSchedule
 from gossip.state import ModelState
 
 OPTIMIZERS = ("sgd", "adam")
+MOMENTUM_MODES = ("local", "quasi-global")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class LearnerConfig:
     device: ``auto`` (cuda when available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``.
     fast_path: train Linear/ReLU stacks (logreg, mlp) with SGD through the hand-written step
     of :mod:`gossip.fastpath` instead of autograd (same gradients, several times faster).
+    momentum_mode: ``local`` (heavy ball over the local gradients, as above) or
+    ``quasi-global`` (Lin, Karimireddy, Stich, Jaggi, "Quasi-global momentum", ICML 2021:
+    the buffer follows the model's whole motion from one training round to the next,
+    merges included, so that on skewed shards it points where the peers go together rather
+    than where the local shard pulls; SGD only, two model sizes more per peer).
     """
 
     optimizer: str = "sgd"
@@ -49,6 +55,7 @@ class LearnerConfig:
     batch_size: int = 32
     device: str = "auto"
     fast_path: bool = True
+    momentum_mode: str = "local"
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -64,6 +71,16 @@ class LearnerConfig:
         if not 0 <= self.weight_decay < float("inf"):
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         LRSchedule.parse(self.lr_schedule)
+        if self.momentum_mode not in MOMENTUM_MODES:
+            raise ConfigError(
+                f"unknown --momentum-mode {self.momentum_mode!r}; choose one of: "
+                f"{', '.join(MOMENTUM_MODES)}"
+            )
+        if self.momentum_mode == "quasi-global" and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ConfigError(
+                "--momentum-mode quasi-global needs --optimizer sgd and a --momentum above 0 "
+                f"(got {self.optimizer}, momentum {self.momentum:g})"
+            )
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -152,6 +169,11 @@ class Learner:
         self._order = torch.empty(0, dtype=torch.long)
         self._cursor = 0
         self._prox: tuple[torch.Tensor, float] | None = None
+        # Quasi-global momentum: the buffer, the model at the start of the last training
+        # round and the sum of the rates that round's steps took (see _quasi_global_update).
+        self._qg_momentum: torch.Tensor | None = None
+        self._qg_start: torch.Tensor | None = None
+        self._qg_lr_sum = 0.0
 
     def set_proximal_center(self, center: torch.Tensor | None, mu: float = 0.0) -> None:
         """FedProx (Li et al. 2020): add ``mu/2 ||w - center||^2`` to the local loss, i.e.
@@ -167,10 +189,32 @@ class Learner:
         c = self.config
         if c.optimizer == "adam":
             return torch.optim.Adam(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        local = c.momentum if c.momentum_mode == "local" else 0.0
         return FlatSGD(
-            self.model, self.state, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+            self.model, self.state, lr=c.lr, momentum=local, weight_decay=c.weight_decay,
             grad=self._grad_buffer,
         )  # fmt: skip
+
+    @torch.no_grad()
+    def _quasi_global_update(self) -> None:
+        """At the start of a training round: fold the model's motion since the last round's
+        start (its steps and every merge since), per unit of learning rate, into the buffer:
+        ``m = beta m + (1 - beta) (x_prev - x_now) / sum(lr)`` (QG-DSGDm's
+        ``m = beta m + (1 - beta) (x_t - x_t+1) / lr``, with a round of steps as one step).
+        The round's steps then descend along ``g + beta m``."""
+        flat = self.state.flat
+        if self._qg_start is not None and self._qg_lr_sum > 0:
+            motion = (self._qg_start - flat).div_(self._qg_lr_sum)
+            beta = self.config.momentum
+            if self._qg_momentum is None:
+                self._qg_momentum = motion.mul_(1.0 - beta)
+            else:
+                self._qg_momentum.mul_(beta).add_(motion, alpha=1.0 - beta)
+        if self._qg_start is None:
+            self._qg_start = flat.clone()
+        else:
+            self._qg_start.copy_(flat)
+        self._qg_lr_sum = 0.0
 
     def _next_rows(self) -> torch.Tensor:
         """Dataset rows of the next minibatch. Once per epoch the local rows are permuted
@@ -197,6 +241,9 @@ class Learner:
         total_loss = torch.zeros((), device=self.device)
         samples = 0
         scheduled = self.schedule.kind != "constant"
+        quasi_global = self.config.momentum_mode == "quasi-global"
+        if quasi_global:
+            self._quasi_global_update()
         for _ in range(steps):
             if scheduled:
                 self._set_lr(self.config.lr * self.schedule.factor(self.state.age + samples))
@@ -210,6 +257,13 @@ class Learner:
                 loss.backward()
             if self._prox is not None:
                 self._add_proximal_gradient()
+            if quasi_global:
+                assert isinstance(self.optimizer, FlatSGD)
+                if self._qg_momentum is not None:
+                    mask = self.optimizer.trainable_mask
+                    m = self._qg_momentum if mask is None else self._qg_momentum * mask
+                    self.optimizer.grad.add_(m, alpha=self.config.momentum)
+                self._qg_lr_sum += self.optimizer.lr
             self.optimizer.step()
             total_loss += loss.detach()
             samples += len(y)
@@ -255,6 +309,7 @@ class Learner:
 
     def reset_optimizer_state(self) -> None:
         """Forget momentum / Adam moments (after the model was rolled back to a snapshot)."""
+        self._qg_momentum, self._qg_start, self._qg_lr_sum = None, None, 0.0
         if isinstance(self.optimizer, FlatSGD):
             self.optimizer.reset_state()
         else:

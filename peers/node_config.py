@@ -48,6 +48,7 @@ NODE_HELP: dict[str, str] = {
     "lr": "learning rate",
     "lr_schedule": "learning rate by the model's age (samples seen): constant, inverse:TAU, sqrt:TAU or cosine:HORIZON",
     "momentum": "SGD momentum (scaled by the local weight at each merge)",
+    "momentum_mode": "local (heavy ball) or quasi-global (the buffer follows the model's motion, merges included)",
     "weight_decay": "L2 weight decay",
     "optimizer": "sgd or adam",
     "eval_every": "evaluate on the test split every this many periods (0: never)",
@@ -112,6 +113,7 @@ class NodeConfig:
     lr: float = 0.1
     lr_schedule: str = "constant"
     momentum: float = 0.0
+    momentum_mode: str = "local"
     weight_decay: float = 0.0
     optimizer: str = "sgd"
     eval_every: int = 10
@@ -244,7 +246,7 @@ class NodeConfig:
         return LearnerConfig(
             optimizer=self.optimizer, lr=self.lr, lr_schedule=self.lr_schedule,
             momentum=self.momentum, weight_decay=self.weight_decay,
-            batch_size=self.batch_size, device=self.device,
+            batch_size=self.batch_size, device=self.device, momentum_mode=self.momentum_mode,
         )  # fmt: skip
 
     def peer_config(self) -> PeerConfig:

@@ -49,6 +49,7 @@ FIELD_HELP: dict[str, str] = {
     "lr": "learning rate (the base of --lr-schedule)",
     "lr_schedule": "learning rate by the model's age (samples seen): constant, inverse:TAU, sqrt:TAU or cosine[:HORIZON] (bare: the age at the end of the run)",
     "momentum": "SGD momentum (scaled by the local weight at each merge)",
+    "momentum_mode": "local (heavy ball) or quasi-global (the buffer follows the model's motion, merges included)",
     "weight_decay": "L2 weight decay",
     "optimizer": "sgd or adam",
     "periods": "run length in gossip periods",
@@ -131,6 +132,7 @@ class SimConfig:
     lr: float = 0.8
     lr_schedule: str = "cosine"
     momentum: float = 0.0
+    momentum_mode: str = "local"
     weight_decay: float = 0.0
     optimizer: str = "sgd"
     periods: int = 300
@@ -240,7 +242,7 @@ class SimConfig:
         return LearnerConfig(
             optimizer=self.optimizer, lr=self.lr, lr_schedule=str(schedule),
             momentum=self.momentum, weight_decay=self.weight_decay,
-            batch_size=self.batch_size, device=self.device,
+            batch_size=self.batch_size, device=self.device, momentum_mode=self.momentum_mode,
         )  # fmt: skip
 
     def final_age(self, step_samples: float) -> float:
