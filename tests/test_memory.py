@@ -123,3 +123,15 @@ def test_trim_heap_is_harmless_without_glibc(monkeypatch: pytest.MonkeyPatch) ->
         assert memory.trim_heap() is False
     finally:
         memory._malloc_trim.cache_clear()
+
+
+def test_build_world_trims_the_heap_once_the_peers_are_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sim.runner
+    from sim.config import SimConfig
+
+    calls: list[int] = []
+    monkeypatch.setattr(sim.runner, "trim_heap", lambda: calls.append(1) or True)
+    world = sim.runner.build_world(SimConfig(peers=8, model="logreg", periods=1))
+    assert calls == [1] and len(world.peers) == 8  # type: ignore[union-attr]

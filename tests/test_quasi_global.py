@@ -96,3 +96,10 @@ def test_bad_settings_are_one_line(kw: dict[str, object]) -> None:
 def test_the_simulator_hands_it_to_the_learner() -> None:
     config = SimConfig(momentum=0.5, momentum_mode="quasi-global")
     assert config.learner_config().momentum_mode == "quasi-global"
+
+
+def test_the_node_hands_it_to_the_learner() -> None:
+    from peers.node_config import NodeConfig
+
+    config = NodeConfig(momentum=0.5, momentum_mode="quasi-global")
+    assert config.learner_config().momentum_mode == "quasi-global"
