@@ -29,10 +29,15 @@ def generator(seed: int, key: int) -> np.random.Generator:
     return np.random.default_rng(stream(seed, key))
 
 
+def peer_key(index: int) -> int:
+    """The key of peer ``index``'s stream."""
+    return _FIRST_PEER + index
+
+
 def peer_stream(seed: int, index: int) -> np.random.SeedSequence:
     """Peer ``index``'s own stream: its gossip choices and (via :func:`peer_torch_seed`) its
     batch order."""
-    return stream(seed, _FIRST_PEER + index)
+    return stream(seed, peer_key(index))
 
 
 def peer_torch_seed(seed: int, index: int) -> int:

@@ -14,7 +14,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from gossip import seeding
+from gossip.errors import GossipError
 from sim.config import SimConfig
+from sim.engines.batched import pcg, state
 from sim.engines.batched import schedule as S
 from sim.engines.batched.compute import StackedPeers
 from sim.engines.batched.kernels import DenseStack
@@ -234,18 +237,88 @@ def test_the_wave_plan_keeps_every_dependency() -> None:
     assert plan.pool_size <= int(sched.used.sum())
 
 
-def test_the_state_pass_in_short_segments_is_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
-    config = dataclasses.replace(BASE, peers=25, loss=0.1, age_guard="refuse")
-    parts = [np.arange(i * 4, i * 4 + 4) for i in range(25)]
+def _schedule(
+    config: SimConfig, parts: list[np.ndarray], compiled: bool | None = None
+) -> S.Schedule:
+    return S.build_schedule(
+        config, parts, None, S.LRSchedule.parse("constant"), 1000, evaluation_times(config),
+        compiled,
+    )  # fmt: skip
 
-    def run() -> S.Schedule:
-        return S.build_schedule(
-            config, parts, None, S.LRSchedule.parse("constant"), 1000, evaluation_times(config)
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"loss": 0.1, "age_guard": "refuse"},
+        {"age_guard": "cap", "delay": "uniform:0.01:2"},
+        {"age_guard": "off", "partitions": "split:3:7", "merge": "replace"},
+        {"merge": "none", "loss": 0.3},
+        {"merge": "average", "local_steps": 0},
+    ],
+    ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()),
+)
+def test_the_compiled_state_pass_is_its_python_source(kw: dict[str, Any]) -> None:
+    """Numba's loop over arrays and the same source run by Python over lists agree on every
+    output, floats bit for bit: no fused multiply-add, no integer overflow, no other rounding
+    in the compiled code. Uneven shards (1 to 12 samples) make the age guard cap and refuse."""
+    config = dataclasses.replace(BASE, peers=25, **kw)
+    parts = [np.arange(i * 13, i * 13 + 1 + (i * 7) % 12) for i in range(25)]
+    compiled = _schedule(config, parts, compiled=True)
+    python = _schedule(config, parts, compiled=False)
+    for name in ("train_wave", "age_before", "send_wave", "used", "merge_wave", "merge_weight",
+                 "eval_wave"):  # fmt: skip
+        a, b = getattr(compiled, name), getattr(python, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+    assert compiled.waves == python.waves
+    for a, b in zip(compiled.evals, python.evals, strict=True):
+        assert a.ages.tolist() == b.ages.tolist()
+        assert (a.network, a.merges, a.age_capped, a.train_steps) == (
+            b.network,
+            b.merges,
+            b.age_capped,
+            b.train_steps,
         )
+    if kw.get("age_guard") == "refuse":
+        assert compiled.evals[-1].network.rejected["age_inflation"] > 0
+    if kw.get("age_guard") == "cap":
+        assert compiled.evals[-1].age_capped > 0
 
-    whole = run()
-    monkeypatch.setattr(S, "_SEGMENT", 7)
-    pieces = run()
-    for name in ("train_wave", "age_before", "send_wave", "used", "merge_wave", "merge_weight"):
-        assert np.array_equal(getattr(whole, name), getattr(pieces, name)), name
-    assert [e.ages.tolist() for e in whole.evals] == [e.ages.tolist() for e in pieces.evals]
+
+def test_ages_beyond_exact_floats_are_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = dataclasses.replace(BASE, peers=10)
+    parts = [np.arange(i * 4, i * 4 + 4) for i in range(10)]
+    monkeypatch.setattr(state, "EXACT_AGE", 8)
+    with pytest.raises(GossipError, match="beyond what the batched engine computes exactly"):
+        _schedule(config, parts)
+
+
+def test_the_size_of_a_run_picks_the_state_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small runs stay in Python (no numba import); large ones compile; the same results."""
+    config = dataclasses.replace(BASE, peers=10)
+    parts = [np.arange(i * 4, i * 4 + 4) for i in range(10)]
+    calls: list[str] = []
+    real = state._compiled_walk
+    monkeypatch.setattr(state, "_compiled_walk", lambda: calls.append("compiled") or real())
+    small = _schedule(config, parts)
+    assert calls == []
+    monkeypatch.setattr(state, "COMPILE_ABOVE", 10)
+    large = _schedule(config, parts)
+    assert calls == ["compiled"]
+    assert np.array_equal(small.merge_weight, large.merge_weight)
+    assert np.array_equal(small.merge_wave, large.merge_wave)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 3, 2**32 - 1, 2**32, 2**40 + 7, 2**130 + 11])
+def test_the_vectorised_pcg64_is_numpys(seed: int) -> None:
+    """Every peer's raw outputs, from the seed sequence's hash through PCG64's seeding and
+    output function, equal those of numpy's own generators (seeds of 1 to 5 words)."""
+    n, count = 257, 13
+    got = pcg.raw_outputs(seed, seeding.peer_key(0), n, count)
+    want = np.stack([np.random.PCG64(seeding.peer_stream(seed, i)).random_raw(count)
+                     for i in range(n)])  # fmt: skip
+    assert got.dtype == np.uint64 and np.array_equal(got, want)
+    keys = np.array([0, 1, 5, 2**31, 2**32 - 1])
+    states = pcg.seed_states(seed, keys, 3)
+    for key, row in zip(keys.tolist(), states, strict=True):
+        ref = np.random.SeedSequence(seed, spawn_key=(key,)).generate_state(3, np.uint64)
+        assert np.array_equal(row, ref)

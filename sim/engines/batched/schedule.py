@@ -27,16 +27,15 @@ order the loop's sequence numbers decide; a rejected Lemire draw; a numpy whose 
 differ), :func:`_events_heap` replays the loop itself, one event at a time.
 
 **State** (:func:`build_schedule`): one pass over the events in order tracks what the peers'
-counters and the network's accounting would say, the ages and the age guard's credit (with
-the real :class:`~gossip.age_guard.AgeAllowance`), every merge weight, and the wave of each
-operation (see :mod:`.waves`).
+counters and the network's accounting would say, the ages and the age guard's credit
+(:class:`~gossip.age_guard.AgeAllowance`'s arithmetic over arrays), every merge weight, and
+the wave of each operation (see :mod:`.waves`); compiled with numba for large runs (:mod:`.state`).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from array import array
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,17 +46,17 @@ import torch
 
 from gossip import seeding
 from gossip.age_guard import AgeAllowance, AgeGuard
-from gossip.merge import MERGE_RULES
+from gossip.errors import GossipError
 from gossip.schedule import LRSchedule
 from gossip.seeding import peer_stream, peer_torch_seed
 from sim.config import SimConfig
+from sim.engines.batched import pcg
 from sim.network import DelayModel, NetworkStats, PartitionEvent
 
 # Event kinds, and what a round's push became.
 ROUND, DELIVER, RECORD = 0, 1, 2
 NO_TARGET, IN_FLIGHT, PARTITIONED, LOST = 0, 1, 2, 3
 _TO_DOUBLE = 1.0 / 9007199254740992.0  # numpy's next_double: (raw >> 11) * 2**-53
-_SEGMENT = 1 << 20  # events per list conversion in the state pass
 
 
 @dataclass
@@ -210,11 +209,7 @@ def _peer_draws(
         return None
     pairs = -(-rounds // 2)
     width = 1 + 3 * pairs
-    raw = np.empty((n, width), dtype=np.uint64)
-    for i in range(n):
-        k = int(sizes[i])
-        count = width if k >= 2 else 1 + rounds
-        raw[i, :count] = np.random.PCG64(peer_stream(seed, i)).random_raw(count)
+    raw = pcg.raw_outputs(seed, seeding.peer_key(0), n, max(width, 1 + rounds))
     first = (raw[:, 0] >> np.uint64(11)).astype(np.float64) * _TO_DOUBLE
     r = np.arange(rounds)
     int_col = 1 + 3 * (r // 2)
@@ -479,13 +474,15 @@ def build_schedule(
     schedule: LRSchedule,
     message_bytes: int,
     eval_times: Sequence[tuple[float, int]],
+    compiled: bool | None = None,
 ) -> Schedule:
-    """Replay the run; ``neighbours`` None means uniform sampling over all peers."""
+    """Replay the run; ``neighbours`` None means uniform sampling over all peers.
+    ``compiled``: run the state pass compiled by numba (True), in Python (False), or by the
+    run's size (None: see :func:`.state.state_pass`)."""
+    from sim.engines.batched import state
+
     ev = events(config, neighbours, message_bytes, eval_times)
     n = config.peers
-    rule = MERGE_RULES[config.merge]
-    merges_models = rule.merges
-    weight_of = rule.weight
     guard = AgeGuard(config.age_guard)
     allowances: list[AgeAllowance] = [
         guard.allowance(*training_rate(config, len(p))) for p in parts
@@ -493,121 +490,31 @@ def build_schedule(
     steps = config.local_steps
     sizes = [len(p) for p in parts]
     bsz = [min(config.batch_size, s) for s in sizes]
-    trains = [steps > 0 and s > 0 for s in sizes]
-    inc = [steps * b if t else 0 for b, t in zip(bsz, trains, strict=True)]
-
-    size = len(ev.kind)
-    # Per event, in typed arrays (8 bytes an entry, not a Python object each: 20 million
-    # events at 1,000,000 peers); the inputs are read a segment at a time as lists.
-    train_wave = array("q", [-1]) * size
-    age_before = array("q", [0]) * size
-    send_wave = array("q", [-1]) * size
-    msg_age = array("q", [0]) * size
-    used = bytearray(size)
-    merge_wave = array("q", [-1]) * size
-    merge_weight = array("d", [0.0]) * size
-    eval_wave: list[int] = []
-    evals: list[Snapshot] = []
-    ages = [0] * n
-    wave_of = [0] * n
-    phase_of = [-1] * n
-    floor, top = 0, -1
-    sent = delivered = in_flight = 0
-    dropped: Counter[str] = Counter()
-    rejected: Counter[str] = Counter()
-    merges = age_capped = train_steps = 0
-    rec_times = record_times(eval_times)
-    for base in range(0, size, _SEGMENT):
-        stop = min(base + _SEGMENT, size)
-        kind, peer, ref, outcome, when = (
-            a[base:stop].tolist() for a in (ev.kind, ev.peer, ev.ref, ev.outcome, ev.time)
-        )
-        for j in range(stop - base):
-            e = base + j
-            k = kind[j]
-            i = peer[j]
-            if k == ROUND:
-                if trains[i]:
-                    w = wave_of[i] + (1 if phase_of[i] >= 1 else 0)
-                    if w < floor:
-                        w = floor
-                    wave_of[i], phase_of[i] = w, 1
-                    if w > top:
-                        top = w
-                    train_wave[e] = w
-                    age_before[e] = ages[i]
-                    ages[i] += inc[i]
-                    train_steps += steps
-                o = outcome[j]
-                if o == NO_TARGET:
-                    continue
-                sent += 1
-                if o == IN_FLIGHT:
-                    in_flight += 1
-                    msg_age[e] = ages[i]
-                    w = wave_of[i] + (1 if phase_of[i] >= 2 else 0)
-                    if w < floor:
-                        w = floor
-                    wave_of[i], phase_of[i] = w, 2
-                    if w > top:
-                        top = w
-                    send_wave[e] = w
-                elif o == PARTITIONED:
-                    dropped["partition"] += 1
-                else:
-                    dropped["loss"] += 1
-            elif k == DELIVER:
-                in_flight -= 1
-                s = ref[j]
-                t_r = msg_age[s]
-                allowance = allowances[i]
-                now = when[j] if allowance.policy != "off" else 0.0
-                if allowance.policy == "refuse":  # offer() checks it whatever the rule
-                    reason = allowance.check(t_r, ages[i], now)[1]
-                    if reason is not None:
-                        rejected[reason] += 1
-                        continue
-                delivered += 1
-                if not merges_models:
-                    continue
-                before = ages[i]
-                if allowance.policy != "off":
-                    bound = allowance.bound(before, now)
-                    if t_r > bound:
-                        t_r = bound
-                        age_capped += 1
-                ages[i] = int(max(before, t_r))
-                allowance.spend(before, ages[i])
-                merges += 1
-                used[s] = 1
-                w = wave_of[i] + (1 if phase_of[i] >= 0 else 0)
-                if w < floor:
-                    w = floor
-                if w <= send_wave[s]:
-                    w = send_wave[s] + 1
-                wave_of[i], phase_of[i] = w, 0
-                if w > top:
-                    top = w
-                merge_wave[e] = w
-                merge_weight[e] = weight_of(before, t_r)
-            else:
-                r = ref[j]
-                evals.append(Snapshot(
-                    rec_times[r], eval_times[r][1], np.asarray(ages, dtype=np.int64),
-                    NetworkStats(sent, delivered, in_flight, sent_bytes(sent, message_bytes),
-                                 Counter(dropped), Counter(rejected)),
-                    merges, age_capped, train_steps,
-                ))  # fmt: skip
-                floor = top + 1
-                eval_wave.append(floor)
-    if len(evals) != len(eval_times):
+    trains = np.array([steps > 0 and s > 0 for s in sizes], dtype=np.bool_)
+    inc = np.where(trains, steps * np.asarray(bsz, dtype=np.int64), 0).astype(np.int64)
+    rate = np.array([a.rate for a in allowances], dtype=np.float64)
+    burst = np.array([a.burst for a in allowances], dtype=np.float64)
+    per_event, counters, ages_at, oldest, waves, walked = state.state_pass(
+        ev.kind, ev.peer, ev.ref, ev.outcome, ev.time, trains, inc, steps,
+        state.POLICY_CODES[guard.policy], rate, burst, state.RULE_CODES[config.merge],
+        len(eval_times), compiled,
+    )  # fmt: skip
+    if walked != len(eval_times):
         raise AssertionError("the schedule ended before its last evaluation")  # pragma: no cover
+    if oldest >= state.EXACT_AGE:
+        raise GossipError(
+            f"an age reached {oldest:,} samples, beyond what the batched engine computes "
+            "exactly (2**53); use --engine asyncio"
+        )
+    rec_times = record_times(eval_times)
+    evals = [
+        _snapshot(rec_times[r], eval_times[r][1], ages_at[r], row, message_bytes)
+        for r, row in enumerate(counters.tolist())
+    ]
     out = Schedule(
-        ev, evals, steps,
-        np.frombuffer(train_wave, np.int64), np.frombuffer(age_before, np.int64),
-        np.frombuffer(send_wave, np.int64), np.frombuffer(used, np.uint8).view(bool),
-        np.frombuffer(merge_wave, np.int64), np.frombuffer(merge_weight, np.float64),
-        np.asarray(eval_wave, np.int64), top + 1,
+        ev, evals, steps, per_event["train_wave"], per_event["age_before"],
+        per_event["send_wave"], per_event["used"], per_event["merge_wave"],
+        per_event["merge_weight"], counters[:, state.EVAL_WAVE].copy(), waves,
     )  # fmt: skip
     minibatch = [0 < b < s for b, s in zip(bsz, sizes, strict=True)]
     if any(minibatch) and steps > 0:
@@ -626,6 +533,32 @@ def build_schedule(
 
 def sent_bytes(sent: int, message_bytes: int) -> int:
     return sent * message_bytes
+
+
+def _snapshot(
+    time: float, period: int, ages: np.ndarray, row: list[int], message_bytes: int
+) -> Snapshot:
+    """One record's counters (a row of the state pass's ``counters``) as the observer reads
+    them; a drop or refusal reason appears only once it has happened, as in a ``Counter``."""
+    from sim.engines.batched import state
+
+    dropped: Counter[str] = Counter()
+    rejected: Counter[str] = Counter()
+    for counter, reason, column in (
+        (dropped, "partition", state.DROP_PARTITION), (dropped, "loss", state.DROP_LOSS),
+        (rejected, "age_inflation", state.REJECT_INFLATION),
+    ):  # fmt: skip
+        if row[column]:
+            counter[reason] = row[column]
+    sent = row[state.SENT]
+    network = NetworkStats(
+        sent, row[state.DELIVERED], row[state.IN_FLIGHT_NOW], sent_bytes(sent, message_bytes),
+        dropped, rejected,
+    )  # fmt: skip
+    return Snapshot(
+        time, period, ages, network, row[state.MERGES], row[state.AGE_CAPPED],
+        row[state.TRAIN_STEPS],
+    )  # fmt: skip
 
 
 def describe(schedule: Schedule) -> dict[str, Any]:
