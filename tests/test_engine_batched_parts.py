@@ -228,11 +228,17 @@ def test_the_wave_plan_keeps_every_dependency() -> None:
     for w, wave in enumerate(plan.waves):
         for kind in (wave.merge_peer, wave.train_peer, wave.send_peer):
             assert len(set(kind.tolist())) == len(kind)
-        for slot in wave.merge_slot.tolist():
-            assert live.pop(slot) < w
+        # Snapshots first: a slot merged in this wave is not free again until the next
+        # (a later chunk of the wave may still read it).
         for slot in wave.send_slot.tolist():
             assert slot not in live
             live[slot] = w
+        for slot in wave.merge_slot.tolist():
+            assert live.pop(slot) < w
+        # The phases are runs of the wave's rows, each row a distinct peer.
+        assert len(set(wave.peer.tolist())) == len(wave.peer)
+        assert 0 <= wave.train_start <= wave.merge_end <= wave.train_end <= len(wave.peer)
+        assert np.all(np.diff(wave.send_pos) > 0)
     assert not live  # every used snapshot was merged
     assert plan.pool_size <= int(sched.used.sum())
 

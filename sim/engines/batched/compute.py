@@ -68,6 +68,7 @@ class StackedPeers:
             mask[owner, column] = 1.0
         self.rows, self.mask = torch.from_numpy(idx).to(device), torch.from_numpy(mask).to(device)
         self.minibatch = np.array([0 < batch_size < s for s in sizes], dtype=bool)
+        self.any_minibatch = bool(self.minibatch.any())
         # Dense stacks (logreg, mlp) get the hand-written kernel; anything else vmap(grad).
         self.dense = DenseStack.of(self.module, [name for name, _, _ in self.specs])
         self._grad = vmap(grad(self._loss))
@@ -77,6 +78,7 @@ class StackedPeers:
         numel = self.W.shape[1]
         self.chunk = max(16, (1 << 21) // max(numel, 1))
         self.wbuf = torch.empty(self.chunk, numel, device=device)
+        self.row_copies = device.type == "cpu" and numel >= 16384
         self.gbuf = torch.empty(self.chunk, numel, device=device)
 
     def gradient(
@@ -125,61 +127,100 @@ class StackedPeers:
         return [slice(i, min(i + self.chunk, count)) for i in range(0, count, self.chunk)]
 
     def run_wave(self, wave: Wave, schedule: Schedule, lrs: LearningRates) -> None:
+        """One wave, in chunks of its rows: gather the rows once, ``lerp`` the merging ones
+        toward their snapshots, step the training ones, write the rows back and copy the
+        snapshots into the pool. The phases are contiguous runs of the rows (see
+        :class:`.waves.Wave`), so each is a slice of the chunk, not another gather."""
         dev = self.device
-        if len(wave.merge_peer):
-            dst_all = torch.from_numpy(wave.merge_peer).to(dev)
-            slot_all = torch.from_numpy(wave.merge_slot).to(dev)
-            a_all = torch.from_numpy(wave.merge_weight).to(dev, self.W.dtype).unsqueeze(1)
-            for c in self._chunks(len(dst_all)):
-                dst, k = dst_all[c], c.stop - c.start
-                rows, theirs = self.wbuf[:k], self.gbuf[:k]
-                torch.index_select(self.W, 0, dst, out=rows)
-                torch.index_select(self.pool, 0, slot_all[c], out=theirs)
-                rows.lerp_(theirs, a_all[c])
-                self.W.index_copy_(0, dst, rows)
-        if len(wave.train_peer):
-            self._train(wave, schedule, lrs)
-        if len(wave.send_peer):
-            src_all = torch.from_numpy(wave.send_peer).to(dev)
-            slot_all = torch.from_numpy(wave.send_slot).to(dev)
-            for c in self._chunks(len(src_all)):
-                rows = self.wbuf[: c.stop - c.start]
-                torch.index_select(self.W, 0, src_all[c], out=rows)
-                self.pool.index_copy_(0, slot_all[c], rows)
-
-    def _train(self, wave: Wave, schedule: Schedule, lrs: LearningRates) -> None:
-        steps = schedule.steps
-        mini = self.minibatch[wave.train_peer]
-        for pick, minibatch in ((~mini, False), (mini, True)):
-            if not pick.any():
-                continue
-            events_all = wave.train_event[pick]
-            peers_all = torch.from_numpy(wave.train_peer[pick]).to(self.device)
-            rates_all = torch.from_numpy(lrs(events_all)).to(self.device, self.W.dtype)
-            for c in self._chunks(len(peers_all)):
-                peers, rates, k = peers_all[c], rates_all[c], c.stop - c.start
-                w = self.wbuf[:k]
-                torch.index_select(self.W, 0, peers, out=w)
-                if minibatch:
-                    batch = torch.stack(
-                        [schedule.rows[e] for e in events_all[c].tolist()]
-                    ).to(self.device)  # fmt: skip
-                for s in range(steps):
-                    if minibatch:
-                        rows = batch[:, s]
-                        mask = torch.ones(rows.shape, device=self.device)
+        k_all = len(wave.peer)
+        if k_all == 0:
+            return
+        peer_all = torch.from_numpy(wave.peer).to(dev)
+        if wave.merge_end:
+            slot_m = torch.from_numpy(wave.merge_slot).to(dev)
+            a_m = torch.from_numpy(wave.merge_weight).to(dev, self.W.dtype).unsqueeze(1)
+        t0, t1 = wave.train_start, wave.train_end
+        if t1 > t0:
+            rates_all = torch.from_numpy(lrs(wave.train_event)).to(dev, self.W.dtype)
+        sends = len(wave.send_pos)
+        if sends:
+            bounds = np.searchsorted(wave.send_pos, np.arange(0, k_all + self.chunk, self.chunk))
+            send_slot = torch.from_numpy(wave.send_slot).to(dev)
+            send_pos = torch.from_numpy(wave.send_pos).to(dev)
+        for index, c in enumerate(self._chunks(k_all)):
+            lo, hi = c.start, c.stop
+            peers = peer_all[lo:hi]
+            rows = self.wbuf[: hi - lo]
+            torch.index_select(self.W, 0, peers, out=rows)
+            a, b = lo, min(hi, wave.merge_end)
+            if b > a:
+                theirs = self.gbuf[: b - a]
+                torch.index_select(self.pool, 0, slot_m[a:b], out=theirs)
+                rows[: b - a].lerp_(theirs, a_m[a:b])
+            a, b = max(lo, t0), min(hi, t1)
+            if b > a:
+                self._train(rows[a - lo : b - lo], peers[a - lo : b - lo], wave.peer[a:b],
+                            wave.train_event[a - t0 : b - t0], rates_all[a - t0 : b - t0],
+                            schedule)  # fmt: skip
+            self._scatter(self.W, peers, wave.peer[lo:hi], rows)
+            if sends:
+                s0, s1 = int(bounds[index]), int(bounds[index + 1])
+                if s1 > s0:
+                    pos = send_pos[s0:s1] - lo
+                    slots, slots_np = send_slot[s0:s1], wave.send_slot[s0:s1]
+                    if s1 - s0 == hi - lo:  # every row of the chunk sends: no gather
+                        self._scatter(self.pool, slots, slots_np, rows)
+                    elif self.row_copies:
+                        picked = (wave.send_pos[s0:s1] - lo).tolist()
+                        torch._foreach_copy_([self.pool[j] for j in slots_np.tolist()],
+                                             [rows[j] for j in picked])  # fmt: skip
                     else:
-                        rows = self.rows.index_select(0, peers)
-                        mask = self.mask.index_select(0, peers)
-                    # index_select, not x[rows]: advanced indexing is 7x slower on CPU here.
-                    flat = rows.reshape(-1)
-                    xs = self.x.index_select(0, flat).view(*rows.shape, *self.x.shape[1:])
-                    ys = self.y.index_select(0, flat).view(rows.shape)
-                    g = self.gradient(w, xs, ys, mask)
-                    if self.weight_decay:
-                        g.add_(w, alpha=self.weight_decay)
-                    w.addcmul_(rates[:, s : s + 1], g, value=-1.0)
-                self.W.index_copy_(0, peers, w)
+                        self.pool.index_copy_(0, slots, rows.index_select(0, pos))
+
+    def _scatter(
+        self, target: torch.Tensor, index: torch.Tensor, index_np: np.ndarray, rows: torch.Tensor
+    ) -> None:
+        """``target[index] = rows``. On the CPU, rows of 64 KB and more are copied one by one
+        in a single ``_foreach_copy_`` call: ``index_copy_`` copies element by element and
+        took twice as long for an ``mlp`` row of 216 KB (a row gather is a memcpy either
+        way); smaller rows would cost more in views than they save."""
+        if self.row_copies:
+            torch._foreach_copy_([target[i] for i in index_np.tolist()], list(rows.unbind(0)))
+        else:
+            target.index_copy_(0, index, rows)
+
+    def _train(
+        self,
+        w: torch.Tensor,
+        peers: torch.Tensor,
+        peer_ids: np.ndarray,
+        events: np.ndarray,
+        rates: torch.Tensor,
+        schedule: Schedule,
+    ) -> None:
+        """``schedule.steps`` SGD steps, in place, on the rows ``w`` of ``peers``: a peer
+        whose shard is one batch takes its padded rows and mask, one that draws minibatches
+        the rows the schedule drew for that TRAIN event."""
+        mini = self.minibatch[peer_ids] if self.any_minibatch else None
+        batch = pick = None
+        if mini is not None and mini.any():
+            pick = torch.from_numpy(np.nonzero(mini)[0]).to(self.device)
+            batch = torch.stack([schedule.rows[e] for e in events[mini].tolist()]).to(self.device)
+        for s in range(schedule.steps):
+            # index_select, not x[rows]: advanced indexing is 7x slower on CPU here.
+            rows = self.rows.index_select(0, peers)
+            mask = self.mask.index_select(0, peers)
+            if batch is not None and pick is not None:
+                # A minibatch has exactly batch_size rows, the padded width here.
+                rows.index_copy_(0, pick, batch[:, s])
+                mask.index_fill_(0, pick, 1.0)
+            flat = rows.reshape(-1)
+            xs = self.x.index_select(0, flat).view(*rows.shape, *self.x.shape[1:])
+            ys = self.y.index_select(0, flat).view(rows.shape)
+            g = self.gradient(w, xs, ys, mask)
+            if self.weight_decay:
+                g.add_(w, alpha=self.weight_decay)
+            w.addcmul_(rates[:, s : s + 1], g, value=-1.0)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -231,9 +272,16 @@ class StackedPeers:
         mean = self.average(peers)
         sq = torch.zeros((), dtype=torch.float64, device=self.device)
         step = self.chunk
+        # One float64 chunk buffer: the difference is promoted into it (a fresh float64
+        # copy per chunk page-faulted on every touch), and a dot product sums its squares.
+        buf = torch.empty(min(step, rows.shape[0]), rows.shape[1], dtype=torch.float64,
+                          device=self.device)  # fmt: skip
         for start in range(0, rows.shape[0], step):
-            diff = rows[start : start + step].double() - mean
-            sq += (diff * diff).sum()
+            part = rows[start : start + step]
+            diff = buf[: part.shape[0]]
+            torch.sub(part, mean, out=diff)
+            flat = diff.view(-1)
+            sq += torch.dot(flat, flat)
         return float(sq) / rows.shape[0]
 
     @torch.no_grad()
