@@ -172,7 +172,7 @@ def walk(
 
 
 _compiled: list[Any] = []  # walk compiled by numba, once per process (imported on demand)
-COMPILE_ABOVE = 400_000  # events; below, Python's walk is done before numba has loaded
+COMPILE_ABOVE = 250_000  # events; below, Python finishes the walk before numba has loaded
 
 
 def _compiled_walk() -> Any:
