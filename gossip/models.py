@@ -9,8 +9,8 @@ model to its device afterwards, then :meth:`gossip.state.ModelState.bind` it.
 Models (``input_shape`` excludes the batch dimension):
 
 - ``logreg``: multinomial logistic regression on the flattened input.
-- ``mlp``: two hidden ReLU layers of ``hidden`` (200) units, the "2NN" of McMahan et al.
-  (199,210 parameters on MNIST).
+- ``mlp``: ``layers`` (2) hidden ReLU layers of ``hidden`` (200) units, the "2NN" of McMahan
+  et al. (199,210 parameters on MNIST); ``mlp:hidden=100,layers=1`` is gossipy's 64-100-10.
 - ``cnn``: two conv blocks (``width`` and ``2*width`` channels, ``kernel`` x ``kernel``
   "same" convolutions, ReLU, 2x2 max-pooling while the feature map is at least 4 wide),
   then FC ``fc`` (128) + ReLU and the classifier. Images are ``(C, H, W)`` with H, W >= 3;
@@ -33,6 +33,7 @@ buffers; every exchanged tensor is a float parameter. ``vocab_size`` marks token
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 from collections.abc import Callable, Mapping
@@ -99,14 +100,11 @@ def _build_logreg(spec: ModelSpec) -> nn.Module:
 def _build_mlp(spec: ModelSpec) -> nn.Module:
     _reject_tokens(spec)
     hidden = spec.options["hidden"]
-    return nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(math.prod(spec.input_shape), hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, spec.num_classes),
-    )
+    widths = [math.prod(spec.input_shape)] + [hidden] * spec.options["layers"]
+    layers: list[nn.Module] = [nn.Flatten()]
+    for inp, out in itertools.pairwise(widths):
+        layers += [nn.Linear(inp, out), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(widths[-1], spec.num_classes))
 
 
 def _build_cnn(spec: ModelSpec) -> nn.Module:
@@ -238,10 +236,11 @@ MODELS: dict[str, ModelInfo] = {
         ),
         _info(
             "mlp",
-            "two hidden ReLU layers of 200 units (McMahan et al.'s 2NN)",
+            "hidden ReLU layers (two of 200 units: McMahan et al.'s 2NN)",
             "any float input, flattened (features such as mnist1d, MNIST)",
             _build_mlp,
             hidden=200,
+            layers=2,
         ),
         _info(
             "cnn",
@@ -339,9 +338,53 @@ def build_model(
     return model
 
 
-def build_model_for(name: str, data: Dataset, seed: int) -> nn.Module:
-    """:func:`build_model` sized for ``data``. Every peer of a run calls it with the run's
-    seed, so that all start from the same initial model, as in Gossip Learning."""
+# An option above this is a typo (a 2**31-unit layer does not fit any machine), and refusing
+# it here keeps a huge allocation from being the error message.
+_MAX_OPTION = 1 << 20
+
+
+def parse_model_spec(spec: str) -> tuple[str, dict[str, int]]:
+    """``NAME`` or ``NAME:KEY=VALUE,...`` (e.g. ``mlp:hidden=100,layers=1``) as the name and
+    its options, checked against the registry: a bad spec raises one-line :class:`ConfigError`.
+    Options left out keep the model's defaults (``gossip-sim models`` lists them)."""
+    name, sep, rest = spec.partition(":")
+    name = name.strip()
+    info = MODELS.get(name)
+    if info is None:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    options: dict[str, int] = {}
+    if not sep:
+        return name, options
+    valid = ", ".join(info.options) or "none"
+    for item in rest.split(","):
+        key, eq, value = (part.strip() for part in item.partition("="))
+        why = None
+        if not eq or not key:
+            why = "options are KEY=VALUE separated by commas, e.g. mlp:hidden=100,layers=1"
+        elif key not in info.options:
+            why = f"{name} has no option {key}; its options are: {valid}"
+        elif key in options:
+            why = f"option {key} is given twice"
+        elif not (value.isascii() and value.isdigit()) or int(value) < 1:
+            why = f"option {key} must be a positive integer (got {value!r})"
+        elif int(value) > _MAX_OPTION:
+            why = f"option {key} must be at most {_MAX_OPTION} (got {value})"
+        if why is not None:
+            raise ConfigError(f"model {spec.strip()!r}: {why}")
+        options[key] = int(value)
+    return name, options
+
+
+def build_model_for(spec: str, data: Dataset, seed: int) -> nn.Module:
+    """:func:`build_model` from a model spec (see :func:`parse_model_spec`) sized for
+    ``data``. Every peer of a run calls it with the run's seed, so that all start from the
+    same initial model, as in Gossip Learning."""
+    name, options = parse_model_spec(spec)
     return build_model(
-        name, data.input_shape, data.num_classes, vocab_size=data.vocab_size, generator_seed=seed
+        name,
+        data.input_shape,
+        data.num_classes,
+        vocab_size=data.vocab_size,
+        generator_seed=seed,
+        **options,
     )

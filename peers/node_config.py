@@ -35,7 +35,7 @@ NODE_HELP: dict[str, str] = {
     "node_index": "this node's shard number, 0..num-nodes-1",
     "num_nodes": "number of shards the named dataset is split into",
     "data": "this machine's own data: an .npz file with x, y (and x_test, y_test)",
-    "model": "logreg, mlp, cnn, resnet18 or charlstm (the same on every node)",
+    "model": "logreg, mlp, cnn, resnet18 or charlstm, sized by NAME:KEY=VALUE,... e.g. mlp:hidden=100,layers=1 (the same on every node)",
     "merge": "age-weighted, average, replace, none, or robust: clipped[:MULT], trimmed-mean[:K], median",
     "mode": "push, pull or push-pull",
     "period": "seconds between gossip rounds",
@@ -220,11 +220,11 @@ class NodeConfig:
             )
         from gossip.codec import CODECS
         from gossip.learner import OPTIMIZERS
-        from gossip.models import MODELS
+        from gossip.models import parse_model_spec
 
+        parse_model_spec(self.model)
         for name, value, known in (
             ("codec", self.codec, CODECS), ("optimizer", self.optimizer, OPTIMIZERS),
-            ("model", self.model, tuple(MODELS)),
         ):  # fmt: skip
             if value not in known:
                 raise ConfigError(f"--{name} must be one of {', '.join(known)}, got {value!r}")

@@ -331,7 +331,8 @@ def models() -> None:
     from gossip.models import MODELS
 
     for name, info in MODELS.items():
-        typer.echo(f"{name:10s} {info.description}")
+        options = ", ".join(f"{k}={v}" for k, v in info.options.items()) or "no options"
+        typer.echo(f"{name:10s} {info.description} ({options})")
 
 
 def main() -> None:

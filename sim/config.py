@@ -33,7 +33,7 @@ FIELD_HELP: dict[str, str] = {
     "data_dir": "directory holding the dataset files (default: the dataset's usual place)",
     "download": "download the dataset if missing (mnist, fashion-mnist, cifar10/100; needs internet)",
     "partition": "iid, dirichlet:ALPHA, shards:K or natural",
-    "model": "logreg, mlp, cnn, resnet18 or charlstm",
+    "model": "logreg, mlp, cnn, resnet18 or charlstm, sized by NAME:KEY=VALUE,... (e.g. mlp:hidden=100,layers=1; gossip-sim models lists the options)",
     "merge": "age-weighted, average, replace, none (peers train alone), or robust: clipped[:MULT], trimmed-mean[:K], median",
     "screen": "norm screen: refuse received models whose norm exceeds this many times the honest reference (0 = off)",
     "screen_low": "norm screen's lower bound: also refuse received models whose norm is below this fraction of the honest norms (0 = none; default 0.5, or 0 with --init independent, whose averaging shrinks norms by design)",
@@ -154,6 +154,9 @@ class SimConfig:
     engine: str = "asyncio"
 
     def __post_init__(self) -> None:
+        from gossip.models import parse_model_spec
+
+        parse_model_spec(self.model)
         if self.engine not in ("auto", "asyncio", "batched"):
             raise ConfigError(
                 f"unknown engine {self.engine!r}; choose one of: auto, asyncio, batched"

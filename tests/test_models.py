@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gossip.errors import ConfigError
-from gossip.models import MODELS, build_model, model_names
+from gossip.models import MODELS, build_model, build_model_for, model_names, parse_model_spec
 from gossip.state import ModelState, exchanged_tensors
 
 # (name, input_shape, num_classes, vocab_size): the typical uses of each model.
@@ -279,3 +279,66 @@ def test_numpy_integers_are_accepted() -> None:
 
     model = build_model("charlstm", (np.int64(10),), np.int64(5), vocab_size=np.int32(5))  # type: ignore[arg-type]
     assert model(torch.zeros(2, 10, dtype=torch.int64)).shape == (2, 5)
+
+
+def test_mlp_layers_option_sets_the_depth() -> None:
+    one = build_model("mlp", (64,), 10, hidden=100, layers=1)
+    assert _numel(one) == 64 * 100 + 100 + 100 * 10 + 10
+    three = build_model("mlp", (40,), 10, hidden=8, layers=3)
+    assert _numel(three) == 40 * 8 + 8 + 2 * (8 * 8 + 8) + 8 * 10 + 10
+    assert sum(isinstance(m, nn.ReLU) for m in three) == 3
+
+
+@pytest.mark.parametrize(
+    ("spec", "parsed"),
+    [
+        ("mlp", ("mlp", {})),
+        ("mlp:hidden=100,layers=1", ("mlp", {"hidden": 100, "layers": 1})),
+        (" cnn : width=8 , fc=16 ", ("cnn", {"width": 8, "fc": 16})),
+    ],
+)
+def test_model_specs_parse(spec: str, parsed: tuple[str, dict[str, int]]) -> None:
+    assert parse_model_spec(spec) == parsed
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ("nope", "unknown model 'nope'"),
+        ("mlp:", "KEY=VALUE"),
+        ("mlp:hidden", "KEY=VALUE"),
+        ("mlp:hidden=", "positive integer"),
+        ("mlp:hidden=1.5", "positive integer"),
+        ("mlp:hidden=0", "positive integer"),
+        ("mlp:hidden=-3", "positive integer"),
+        ("mlp:width=8", "its options are: hidden, layers"),
+        ("logreg:hidden=8", "its options are: none"),
+        ("mlp:hidden=8,hidden=9", "twice"),
+        ("mlp:hidden=99999999999", "at most"),
+    ],
+)
+def test_bad_model_specs_are_one_clear_line(spec: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_model_spec(spec)
+    message = str(caught.value)
+    assert needle in message and "\n" not in message
+
+
+def test_build_model_for_takes_a_spec() -> None:
+    from gossip.datasets import load_dataset
+
+    data = load_dataset("digits")
+    model = build_model_for("mlp:hidden=12,layers=1", data, 0)
+    assert _numel(model) == 64 * 12 + 12 + 12 * 10 + 10
+    assert torch.equal(
+        next(model.parameters()),
+        next(build_model("mlp", (64,), 10, hidden=12, layers=1).parameters()),
+    )
+
+
+def test_a_simulation_refuses_a_bad_model_spec_before_it_starts() -> None:
+    from sim.config import SimConfig
+
+    with pytest.raises(ConfigError, match="model 'mlp:layers=0'"):
+        SimConfig(model="mlp:layers=0")
+    assert SimConfig(model="mlp:hidden=100,layers=1").model == "mlp:hidden=100,layers=1"

@@ -121,6 +121,7 @@ BOUNDARIES: list[tuple[str, object, object]] = [
     ("codec", "fp16", "off"),  # the simulator's in-memory hand-over, not a wire codec
     ("optimizer", "adam", "rmsprop"),
     ("model", "cnn", "vgg"),
+    ("model", "mlp:hidden=100,layers=1", "mlp:hidden=0"),
     ("partition", "dirichlet:0.5", "dirichlet:0"),
     ("mode", "push-pull", "gossip"),
     ("merge", "average", "sum"),
