@@ -22,23 +22,42 @@ _CLUSTERING_LIMIT = 20_000_000
 _DENSE_EIG_LIMIT = 200  # above this, Lanczos is far faster and agrees to ~1e-13
 
 
+def _adjacency(g: nx.Graph) -> tuple[sp.csr_array, np.ndarray]:
+    """The 0/1 adjacency of ``g`` without self-loops (rows in ``list(g.nodes)`` order) and
+    networkx's degrees (a self-loop counts twice), from one sparse conversion: the per-node
+    and per-edge Python loops of networkx took most of the time on large graphs."""
+    adj = sp.csr_array(nx.to_scipy_sparse_array(g, weight=None, dtype=np.float64))
+    loops = adj.diagonal()
+    deg = np.asarray(adj.sum(axis=1)).ravel() + loops
+    if loops.any():
+        adj = sp.csr_array(adj - sp.diags_array(loops))
+        adj.eliminate_zeros()
+    return adj, deg
+
+
+def _metropolis(adj: sp.csr_array, deg: np.ndarray) -> sp.csr_array:
+    upper = sp.triu(adj, k=1).tocoo()
+    rows, cols = upper.row, upper.col
+    w = 1.0 / (1.0 + np.maximum(deg[rows], deg[cols]))
+    n = adj.shape[0]
+    both = (np.concatenate([w, w]), (np.concatenate([rows, cols]), np.concatenate([cols, rows])))
+    off = sp.csr_array(both, shape=(n, n))
+    diag = 1.0 - np.asarray(off.sum(axis=1)).ravel()
+    return sp.csr_array(off + sp.diags_array(diag))
+
+
 def metropolis_matrix(g: nx.Graph) -> sp.csr_array:
     """Metropolis–Hastings gossip matrix of ``g`` (rows/columns in ``list(g.nodes)`` order).
 
     ``W_ij = 1 / (1 + max(d_i, d_j))`` for each edge, ``W_ii = 1 - sum_j W_ij``. W is
     symmetric and doubly stochastic, so repeated averaging ``x <- W x`` converges to the mean.
     """
-    nodes = list(g.nodes)
-    index = {v: i for i, v in enumerate(nodes)}
-    deg = np.array([g.degree(v) for v in nodes], dtype=np.float64)
-    edges = np.array([(index[u], index[v]) for u, v in g.edges if u != v], dtype=np.int64)
-    edges = edges.reshape(-1, 2)
-    w = 1.0 / (1.0 + np.maximum(deg[edges[:, 0]], deg[edges[:, 1]]))
-    rows = np.concatenate([edges[:, 0], edges[:, 1]])
-    cols = np.concatenate([edges[:, 1], edges[:, 0]])
-    off = sp.csr_array((np.concatenate([w, w]), (rows, cols)), shape=(len(nodes), len(nodes)))
-    diag = 1.0 - np.asarray(off.sum(axis=1)).ravel()
-    return sp.csr_array(off + sp.diags_array(diag))
+    return _metropolis(*_adjacency(g))
+
+
+def _connected(adj: sp.csr_array) -> tuple[bool, int]:
+    count = int(csgraph.connected_components(adj, directed=False, return_labels=False))
+    return count == 1, count
 
 
 def _arpack_start(n: int) -> np.ndarray:
@@ -114,10 +133,22 @@ def spectral_gap(
     for the shift-invert that follows), so shift-invert runs at once. Never on expanders:
     there the factorisation fills in (49 s for a 4-regular graph of 10,000 nodes).
     """
-    if g.number_of_nodes() < 2 or not nx.is_connected(g):
-        return 0.0 if g.number_of_nodes() >= 2 else 1.0
-    lattice = diameter is not None and diameter * diameter >= g.number_of_nodes()
-    lam2 = _second_eigen_magnitude(metropolis_matrix(g), dense_limit, lattice)
+    if g.number_of_nodes() < 2:
+        return 1.0
+    adj, deg = _adjacency(g)
+    return _spectral_gap(adj, deg, _connected(adj)[0], dense_limit, diameter)
+
+
+def _spectral_gap(
+    adj: sp.csr_array, deg: np.ndarray, connected: bool, dense_limit: int, diameter: int | None
+) -> float:
+    n = adj.shape[0]
+    if n < 2:
+        return 1.0
+    if not connected:
+        return 0.0
+    lattice = diameter is not None and diameter * diameter >= n
+    lam2 = _second_eigen_magnitude(_metropolis(adj, deg), dense_limit, lattice)
     return min(1.0, max(0.0, 1.0 - lam2))
 
 
@@ -164,21 +195,18 @@ def graph_properties(g: nx.Graph) -> dict[str, float | int | bool]:
     if n == 0:
         props.update(degree_min=0, degree_mean=0.0, degree_max=0, connected=False, components=0)
         return props
-    nodes = list(g.nodes)
-    deg = np.array([g.degree(v) for v in nodes], dtype=np.float64)
+    adj, deg = _adjacency(g)
     props.update(degree_min=int(deg.min()), degree_mean=float(deg.mean()))
     props["degree_max"] = int(deg.max())
-    connected = bool(nx.is_connected(g))
+    connected, components = _connected(adj)
     props["connected"] = connected
-    props["components"] = int(nx.number_connected_components(g))
-    adj = sp.csr_array(nx.to_scipy_sparse_array(g, nodelist=nodes, weight=None, dtype=np.float64))
-    adj = sp.csr_array(adj - sp.diags_array(adj.diagonal()))  # self-loops do not count
-    adj.eliminate_zeros()
+    props["components"] = components
     if connected:
         props["diameter"], props["diameter_exact"] = _diameter(g, adj)
     if float((deg * deg).sum()) <= _CLUSTERING_LIMIT:
         props["average_clustering"] = _average_clustering(adj, deg)
-    gap = spectral_gap(g, diameter=int(props["diameter"]) if connected else None)
+    hint = int(props["diameter"]) if connected else None
+    gap = _spectral_gap(adj, deg, connected, _DENSE_EIG_LIMIT, hint)
     props["spectral_gap"] = gap
     if gap > 0:
         props["mixing_time_estimate"] = 1.0 / gap

@@ -535,3 +535,23 @@ def test_the_diameter_hint_gives_the_same_gap(spec: str, n: int) -> None:
         assert props["spectral_gap"] == pytest.approx(
             2 * (1 - math.cos(2 * math.pi / n)) / 3, rel=1e-6
         )
+
+
+def test_graph_properties_count_as_networkx_does_with_self_loops_and_labels() -> None:
+    """The sparse-matrix path keeps networkx's conventions: a self-loop counts twice in a
+    degree and never as an edge of W; components of a disconnected graph; any node labels."""
+    g = nx.relabel_nodes(nx.cycle_graph(12), {i: f"n{i}" for i in range(12)})
+    g.add_edge("n3", "n3")
+    g.add_nodes_from(["lonely", "also"])
+    g.add_edge("lonely", "also")
+    props = graph_properties(g)
+    degrees = [d for _, d in g.degree]
+    assert (props["degree_min"], props["degree_max"]) == (min(degrees), max(degrees))
+    assert props["degree_mean"] == pytest.approx(sum(degrees) / len(degrees))
+    assert (props["connected"], props["components"]) == (False, 2)
+    assert props["spectral_gap"] == 0.0
+    w = metropolis_matrix(g).toarray()
+    nodes = list(g.nodes)
+    a, b = nodes.index("n3"), nodes.index("n4")
+    assert w[a, b] == pytest.approx(1.0 / (1 + max(g.degree("n3"), g.degree("n4"))))
+    np.testing.assert_allclose(w.sum(axis=1), np.ones(len(nodes)))
