@@ -167,3 +167,22 @@ def test_the_cli_runs_the_engine_it_is_asked_for(tmp_path: Any) -> None:
         "error: the batched engine does not support the norm screen (pass --screen 0) yet; use "
         "--engine asyncio"
     ]
+
+
+def test_the_peer_layout_of_the_data_gives_the_same_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shards laid out by peer (a wave gathers one row a peer) or gathered sample by sample
+    (data too large for the copy): the same parameters bit for bit, with peers that take
+    their whole shard and peers that draw minibatches in one run, over several steps."""
+    from sim.engines.batched import compute
+
+    kw = {**BASE, "partition": "dirichlet:0.3", "batch_size": 100, "local_steps": 2}
+    laid = run_simulation(SimConfig(engine="batched", **kw))
+    stacked = laid.world.peers_state  # type: ignore[union-attr]
+    assert stacked.x_peer is not None
+    assert stacked.minibatch.any() and not stacked.minibatch.all()
+    monkeypatch.setattr(compute, "PEER_LAYOUT_BYTES", 0)
+    gathered = run_simulation(SimConfig(engine="batched", **kw))
+    assert gathered.world.peers_state.x_peer is None  # type: ignore[union-attr]
+    assert torch.equal(stacked.W, gathered.world.peers_state.W)  # type: ignore[union-attr]
+    reference = run_simulation(SimConfig(engine="asyncio", **kw))
+    _assert_same(reference, laid)
