@@ -16,6 +16,7 @@ Medians of ``--repeat`` interleaved runs; asyncio is skipped above ``--asyncio-m
 
     python benchmarks/bench_engine.py
     python benchmarks/bench_engine.py --models logreg --peers 1000 10000 100000 --periods 10
+    python benchmarks/bench_engine.py --models mlp:hidden=100,layers=1 --peers 10000
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from sim.engines.batched.kernels import DenseStack
 from sim.runner import run_simulation
 
 SAMPLES_PER_PEER = 16
+GOSSIPY_MLP = "mlp:hidden=100,layers=1"  # 64-100-10: 7,510 parameters (the 2NN: 55,210)
 console = Console(width=max(150, Console().width))
 
 
@@ -152,7 +154,13 @@ def limit_rate(model: str, peers: int, iterations: int, kernel: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["logreg", "mlp"])
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["logreg", GOSSIPY_MLP, "mlp"],
+        help=f"model specs (default: logreg, {GOSSIPY_MLP} = the issue's and gossipy's "
+        "64-100-10, and mlp = the 2NN 64-200-200-10)",
+    )
     parser.add_argument("--peers", nargs="+", type=int, default=[1000, 10000])
     parser.add_argument("--periods", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
