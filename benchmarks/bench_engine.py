@@ -181,7 +181,10 @@ def main() -> None:
                 "limit (dense)", "limit (by hand)", "batched / limit", "wall asyncio s",
                 "wall batched s", "µs / update", "in flight / peer", "RSS asyncio MiB",
                 "RSS batched MiB"):  # fmt: skip
-        table.add_column(col, justify="right")
+        if col == "model":  # a spec such as mlp:hidden=100,layers=1 stays on one line
+            table.add_column(col, no_wrap=True, min_width=max(map(len, args.models)))
+        else:
+            table.add_column(col, justify="right")
     for model in args.models:
         for n in args.peers:
             kinds = ["batched"] + (["asyncio"] if n <= args.asyncio_max else [])
