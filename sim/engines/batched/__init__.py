@@ -21,7 +21,7 @@ from torch import nn
 from gossip.codec import MessageMeta, encode
 from gossip.datasets import Dataset
 from gossip.errors import GossipError
-from gossip.models import build_model_for
+from gossip.models import build_model_for, parse_model_spec
 from gossip.schedule import LRSchedule
 from gossip.state import ModelSchema, ModelState
 from sampling.balanced import is_time_varying
@@ -60,7 +60,7 @@ def unsupported(config: SimConfig) -> str | None:
         (config.optimizer != "sgd", f"--optimizer {config.optimizer}"),
         (config.momentum != 0, f"--momentum {config.momentum:g}"),
         (config.partition == "natural", "--partition natural (per-peer local tests)"),
-        (config.model.split(":")[0].strip() == "charlstm", "--model charlstm (recurrent layers)"),
+        (parse_model_spec(config.model)[0] == "charlstm", "--model charlstm (recurrent layers)"),
     ]
     for failed, option in checks:
         if failed:
