@@ -243,6 +243,79 @@ def test_the_wave_plan_keeps_every_dependency() -> None:
     assert plan.pool_size <= int(sched.used.sum())
 
 
+def _reference_plan(sched: S.Schedule) -> list[dict[str, Any]]:
+    """The wave plan by its definition, one operation at a time in Python: a wave's rows are
+    the peers with an operation in it, ordered by phase group (merge only, merge and train,
+    train only, snapshot only), then by peer; its snapshots sorted by their rows' positions."""
+    from sim.engines.batched.waves import assign_slots
+
+    slot, _ = assign_slots(sched)
+    ev = sched.events
+    waves: list[dict[str, Any]] = [{"m": {}, "t": {}, "s": {}} for _ in range(sched.waves)]
+    for e in range(len(ev.kind)):
+        p = int(ev.peer[e])
+        if sched.merge_wave[e] >= 0:
+            waves[sched.merge_wave[e]]["m"][p] = e
+        if sched.train_wave[e] >= 0:
+            waves[sched.train_wave[e]]["t"][p] = e
+        if sched.used[e]:
+            waves[sched.send_wave[e]]["s"][p] = e
+    out = []
+    for w in waves:
+        peers = set(w["m"]) | set(w["t"]) | set(w["s"])
+
+        def group(p: int, w: dict[str, Any] = w) -> int:
+            if p in w["m"]:
+                return 1 if p in w["t"] else 0
+            return 2 if p in w["t"] else 3
+
+        rows = sorted(peers, key=lambda p: (group(p), p))
+        merging = [p for p in rows if group(p) <= 1]
+        training = [p for p in rows if group(p) in (1, 2)]
+        sends = sorted((rows.index(p), p) for p in w["s"])
+        out.append({
+            "peer": rows, "merge_end": len(merging),
+            "merge_slot": [int(slot[ev.ref[w["m"][p]]]) for p in merging],
+            "merge_weight": [float(sched.merge_weight[w["m"][p]]) for p in merging],
+            "train_start": sum(group(p) == 0 for p in rows),
+            "train_end": sum(group(p) == 0 for p in rows) + len(training),
+            "train_event": [w["t"][p] for p in training],
+            "send_pos": [pos for pos, _ in sends],
+            "send_slot": [int(slot[w["s"][p]]) for _, p in sends],
+        })  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"loss": 0.1, "delay": "uniform:0.01:2"},
+        {"local_steps": 0},
+        {"merge": "none"},
+        {"partitions": "split:3:7", "delay": "exponential:0.4"},
+        {"peers": 2},
+    ],
+    ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()),
+)
+def test_the_wave_plan_is_its_definition(kw: dict[str, Any]) -> None:
+    """The plan built for all waves at once by sorting equals the per-operation definition,
+    field by field. Some shards are empty, so some peers never train (snapshot-only rows)."""
+    config = dataclasses.replace(BASE, peers=kw.get("peers", 40), **{k: v for k, v in kw.items()
+                                 if k != "peers"})  # fmt: skip
+    n = config.peers
+    parts = [np.arange(i * 4, i * 4 + (0 if i % 7 == 3 else 4)) for i in range(n)]
+    sched = _schedule(config, parts)
+    plan = plan_waves(sched, n)
+    want = _reference_plan(sched)
+    assert len(plan.waves) == len(want) == sched.waves
+    for wave, ref in zip(plan.waves, want, strict=True):
+        for name, value in ref.items():
+            got = getattr(wave, name)
+            assert (got.tolist() if isinstance(got, np.ndarray) else got) == value, name
+    evals = sorted(i for w in plan.waves for i in w.evals_before) + plan.evals_after
+    assert evals == list(range(len(sched.evals)))
+
+
 def _schedule(
     config: SimConfig, parts: list[np.ndarray], compiled: bool | None = None
 ) -> S.Schedule:

@@ -67,18 +67,6 @@ class Plan:
     pool_size: int
 
 
-def _by_wave(wave: np.ndarray, peer: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The events with ``wave >= 0`` sorted by wave, then by peer (a peer has at most one
-    operation of a kind per wave), and the bounds of each wave's run in that order."""
-    events = np.nonzero(wave >= 0)[0]
-    # One int64 key (wave, then peer): half the time of np.lexsort on the two columns.
-    width = int(peer.max()) + 1 if len(peer) else 1
-    order = np.argsort(wave[events] * width + peer[events], kind="stable")
-    events = events[order]
-    bounds = np.searchsorted(wave[events], np.arange(count + 1))
-    return events, bounds
-
-
 def assign_slots(schedule: Schedule) -> tuple[np.ndarray, int]:
     """A pool slot per used snapshot (indexed by event; -1 elsewhere), and the pool size.
 
@@ -117,49 +105,81 @@ def assign_slots(schedule: Schedule) -> tuple[np.ndarray, int]:
 
 
 def plan_waves(schedule: Schedule, peers: int) -> Plan:
-    """Group the schedule's operations by wave, each wave's rows in phase order."""
+    """Group the schedule's operations by wave, each wave's rows in phase order.
+
+    All waves at once: every (wave, peer) pair with an operation is one row; one sort of all
+    operations by (wave, peer, kind) finds the rows and what each does, a second sorts the
+    rows by (wave, phase group, peer), and each wave's arrays are slices of the sorted ones.
+    (A loop over the waves with a few numpy calls each cost 1.6 ms a wave at 10,000 peers:
+    0.3 s of a 50-period run.)"""
     count = schedule.waves
-    peer = schedule.events.peer
+    peer = schedule.events.peer.astype(np.int64, copy=False)
     slot, size = assign_slots(schedule)
-    merges, m_bounds = _by_wave(schedule.merge_wave, peer, count)
-    trains, t_bounds = _by_wave(schedule.train_wave, peer, count)
-    send_wave = np.where(schedule.used, schedule.send_wave, -1)
-    sends, s_bounds = _by_wave(send_wave, peer, count)
-    m_peer, m_slot = peer[merges], slot[schedule.events.ref[merges]]
-    m_weight = schedule.merge_weight[merges]
-    t_peer, s_peer, s_slot = peer[trains], peer[sends], slot[sends]
-    # Per peer, the positions of its operations in the current wave (-1: none); reset after.
-    m_at = np.full(peers, -1, dtype=np.int64)
-    t_at = np.full(peers, -1, dtype=np.int64)
-    waves = []
-    for w in range(count):
-        m = slice(m_bounds[w], m_bounds[w + 1])
-        t = slice(t_bounds[w], t_bounds[w + 1])
-        s = slice(s_bounds[w], s_bounds[w + 1])
-        mp, tp, sp = m_peer[m], t_peer[t], s_peer[s]
-        m_at[mp] = np.arange(len(mp))
-        t_at[tp] = np.arange(len(tp))
-        rows = np.unique(np.concatenate([mp, tp, sp]))
-        merging, training = m_at[rows] >= 0, t_at[rows] >= 0
-        # Phase groups: 0 merge only, 1 merge and train, 2 train only, 3 snapshot only.
-        group = np.where(merging, np.where(training, 1, 0), np.where(training, 2, 3))
-        order = np.argsort(group, kind="stable")  # rows are sorted: by peer within a group
-        rows, group = rows[order], group[order]
-        merge_end = int(np.count_nonzero(group <= 1))
-        train_start = int(np.count_nonzero(group == 0))
-        train_end = train_start + int(np.count_nonzero(training))
-        at = m_at[rows[:merge_end]]
-        t_ev = trains[t][t_at[rows[train_start:train_end]]]
-        position = np.empty(peers, dtype=np.int64)
-        position[rows] = np.arange(len(rows))
-        m_at[mp] = -1
-        t_at[tp] = -1
-        send_pos = position[sp]
-        by_pos = np.argsort(send_pos, kind="stable")  # so that a chunk sends a run of them
-        waves.append(Wave(
-            rows, merge_end, m_slot[m][at], m_weight[m][at], train_start, train_end, t_ev,
-            send_pos[by_pos], s_slot[s][by_pos],
-        ))  # fmt: skip
+    width = max(int(peers), 1)
+    kinds = (
+        schedule.merge_wave,
+        schedule.train_wave,
+        np.where(schedule.used, schedule.send_wave, -1),
+    )
+    events = [np.nonzero(wave >= 0)[0] for wave in kinds]
+    op_event = np.concatenate(events)
+    # (wave, peer, kind) as one int64; distinct (a peer has at most one operation of a kind
+    # in a wave), so the default sort will do: a stable one is 3-6x slower.
+    op_key = np.concatenate(
+        [
+            (w[e] * width + peer[e]) * 3 + k
+            for k, (w, e) in enumerate(zip(kinds, events, strict=True))
+        ]
+    )
+    by_key = np.argsort(op_key)
+    op_key, op_event = op_key[by_key], op_event[by_key]
+    op_kind = op_key % 3
+    op_row_key = op_key // 3
+    new_row = np.ones(len(op_key), dtype=bool)
+    new_row[1:] = op_row_key[1:] != op_row_key[:-1]
+    keys = op_row_key[new_row]  # the rows, sorted by (wave, peer)
+    op_row = np.cumsum(new_row) - 1
+    op_event_of = [np.full(len(keys), -1, dtype=np.int64) for _ in range(3)]
+    for k in range(3):
+        mine = op_kind == k
+        op_event_of[k][op_row[mine]] = op_event[mine]
+    merging, training = op_event_of[0] >= 0, op_event_of[1] >= 0
+    # Phase groups: 0 merge only, 1 merge and train, 2 train only, 3 snapshot only.
+    group = np.where(merging, np.where(training, 1, 0), np.where(training, 2, 3))
+    wave_of = keys // width
+    rows = keys - wave_of * width
+    phase = wave_of * 4 + group
+    order = np.argsort(phase * width + rows)  # by wave, group, then peer (all distinct)
+    group, wave_of, rows, phase = (a[order] for a in (group, wave_of, rows, phase))
+    m_of, t_of, s_of = (a[order] for a in op_event_of)
+    bounds = np.searchsorted(wave_of, np.arange(count + 1))
+    # Per wave: the end of groups 0-1 (merging), the start of 1 and the end of 2 (training).
+    at = bounds[:-1]
+    merge_end = np.searchsorted(phase, np.arange(count) * 4 + 2) - at
+    train_start = np.searchsorted(phase, np.arange(count) * 4 + 1) - at
+    train_end = np.searchsorted(phase, np.arange(count) * 4 + 3) - at
+    # The merges in row order (rows of groups 0-1, wave by wave), and the trains likewise.
+    m_ev = m_of[group <= 1]
+    m_slot = slot[schedule.events.ref[m_ev]]
+    m_weight = schedule.merge_weight[m_ev]
+    t_ev = t_of[(group == 1) | (group == 2)]
+    m_bounds = np.concatenate([[0], np.cumsum(merge_end)])
+    t_bounds = np.concatenate([[0], np.cumsum(train_end - train_start)])
+    # The snapshots in row order (so each wave's are sorted by position) and their positions.
+    sending = np.nonzero(s_of >= 0)[0]
+    s_wave = wave_of[sending]
+    s_pos = sending - bounds[s_wave]
+    s_slot = slot[s_of[sending]]
+    s_bounds = np.searchsorted(s_wave, np.arange(count + 1))
+    waves = [
+        Wave(
+            rows[bounds[w] : bounds[w + 1]], int(merge_end[w]),
+            m_slot[m_bounds[w] : m_bounds[w + 1]], m_weight[m_bounds[w] : m_bounds[w + 1]],
+            int(train_start[w]), int(train_end[w]), t_ev[t_bounds[w] : t_bounds[w + 1]],
+            s_pos[s_bounds[w] : s_bounds[w + 1]], s_slot[s_bounds[w] : s_bounds[w + 1]],
+        )
+        for w in range(count)
+    ]  # fmt: skip
     after: list[int] = []
     for index, w in enumerate(schedule.eval_wave.tolist()):
         if w < count:
