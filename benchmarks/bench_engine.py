@@ -41,6 +41,7 @@ from torch.func import functional_call, grad, vmap
 from gossip.models import build_model_for
 from gossip.state import exchanged_tensors
 from sim.config import SimConfig
+from sim.engines.batched.compute import CHUNK_FLOATS
 from sim.engines.batched.kernels import DenseStack
 from sim.runner import run_simulation
 
@@ -121,8 +122,9 @@ def limit_rate(model: str, peers: int, iterations: int, kernel: str) -> float:
     dense = DenseStack.of(module, [n for n, _, _ in specs])
     mask = torch.ones(peers, SAMPLES_PER_PEER)
     # Chunks of rows through two preallocated buffers (as the engine does): a fresh [N, P]
-    # temporary per operation page-faults once it is large (an mlp at 1,000 peers: 220 MB).
-    chunk = max(16, (1 << 21) // width)
+    # temporary per operation page-faults once it is large (an mlp at 1,000 peers: 220 MB),
+    # and chunks of the engine's size (CHUNK_FLOATS) stay in the cache.
+    chunk = max(16, CHUNK_FLOATS // width)
     gbuf, pbuf = torch.empty(chunk, width), torch.empty(chunk, width)
     start = 0.0
     for it in range(iterations + 1):  # the first is a warm-up (vmap imports torch._dynamo)

