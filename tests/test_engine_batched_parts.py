@@ -243,6 +243,28 @@ def test_the_wave_plan_keeps_every_dependency() -> None:
     assert plan.pool_size <= int(sched.used.sum())
 
 
+@pytest.mark.parametrize(
+    ("n", "batch", "draws", "seed"),
+    [(16, 8, 20, 0), (17, 5, 13, 3), (9, 9, 4, 1), (30, 7, 1, 2**40 + 7), (12, 20, 5, 4),
+     (5, 2, 9, 11)],
+)  # fmt: skip
+def test_a_peers_minibatches_are_the_learners(n: int, batch: int, draws: int, seed: int) -> None:
+    """All of a peer's batches drawn at once are the rows its real learner draws one step at
+    a time: one permutation per epoch, the epoch's remainder skipped, through its indices."""
+    from gossip.learner import Learner, LearnerConfig, LocalData
+
+    indices = torch.randperm(100, generator=torch.Generator().manual_seed(5))[:n]
+    learner = Learner(
+        nn.Linear(2, 2), LocalData(torch.zeros(100, 2), torch.zeros(100, dtype=torch.long),
+                                   indices),
+        LearnerConfig(batch_size=batch, device="cpu"), seed=seed,
+    )  # fmt: skip
+    want = torch.stack([learner._next_rows() for _ in range(draws)])
+    got = S.peer_batches(indices, batch, seed, draws)
+    assert got.dtype == want.dtype and torch.equal(got, want)
+    assert S.peer_batches(indices, batch, seed, 0).shape == (0, min(batch, n))
+
+
 def _reference_plan(sched: S.Schedule) -> list[dict[str, Any]]:
     """The wave plan by its definition, one operation at a time in Python: a wave's rows are
     the peers with an operation in it, ordered by phase group (merge only, merge and train,

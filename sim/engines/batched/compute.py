@@ -85,6 +85,7 @@ class StackedPeers:
             self.x_peer = self.x.index_select(0, flat).view(n, width, *self.x.shape[1:])
             self.y_peer = self.y.index_select(0, flat).view(n, width)
         self.minibatch = np.array([0 < batch_size < s for s in sizes], dtype=bool)
+        self._batch_rows: torch.Tensor | None = None  # the schedule's minibatches, moved here
         self.any_minibatch = bool(self.minibatch.any())
         # Dense stacks (logreg, mlp) get the hand-written kernel; anything else vmap(grad).
         self.dense = DenseStack.of(self.module, [name for name, _, _ in self.specs])
@@ -220,8 +221,12 @@ class StackedPeers:
         mini = self.minibatch[peer_ids] if self.any_minibatch else None
         batch = pick = None
         if mini is not None and mini.any():
+            assert schedule.batch_rows is not None and schedule.batch_at is not None
             pick = torch.from_numpy(np.nonzero(mini)[0]).to(self.device)
-            batch = torch.stack([schedule.rows[e] for e in events[mini].tolist()]).to(self.device)
+            if self._batch_rows is None:  # once per run: every minibatch, on the device
+                self._batch_rows = schedule.batch_rows.to(self.device)
+            at = torch.from_numpy(schedule.batch_at[events[mini]]).to(self.device)
+            batch = self._batch_rows.index_select(0, at)
         # index_select, not x[rows]: advanced indexing is 7x slower on CPU here.
         mask = self.mask.index_select(0, peers)
         if self.x_peer is not None and self.y_peer is not None:
