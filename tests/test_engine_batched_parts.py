@@ -423,3 +423,26 @@ def test_the_vectorised_pcg64_is_numpys(seed: int) -> None:
     for key, row in zip(keys.tolist(), states, strict=True):
         ref = np.random.SeedSequence(seed, spawn_key=(key,)).generate_state(3, np.uint64)
         assert np.array_equal(row, ref)
+
+
+@pytest.mark.parametrize("spec", ["constant", "inverse:200", "sqrt:50", "cosine:3000", "cosine:7"])
+def test_the_learning_rate_factors_are_the_schedules_bit_for_bit(spec: str) -> None:
+    """Vectorised over a wave's ages, the factors are LRSchedule.factor's, float for float
+    (ages from 0 to past the cosine's horizon and near 2**53)."""
+    from sim.engines.batched import lr_factors
+
+    schedule = S.LRSchedule.parse(spec)
+    rng = np.random.default_rng(4)
+    ages = np.concatenate([np.arange(0, 40), rng.integers(0, 10_000, 200),
+                           [2**52, 2**53 - 1]]).reshape(-1, 2)  # fmt: skip
+    got = lr_factors(schedule, ages)
+    want = np.array([[schedule.factor(a) for a in row] for row in ages.tolist()])
+    assert got.shape == ages.shape and got.dtype == np.float64
+    assert np.array_equal(got, want)
+
+
+def test_a_cosine_schedule_without_horizon_is_refused_in_one_line() -> None:
+    from sim.engines.batched import lr_factors
+
+    with pytest.raises(GossipError, match="needs a horizon"):
+        lr_factors(S.LRSchedule.parse("cosine"), np.zeros((2, 1), dtype=np.int64))
