@@ -26,14 +26,25 @@ of freed memory resident (RSS 2.78 model sizes a peer against 2.00 that the tens
 in the middle of the heap) takes 7 ms there and brings it to 2.21. We call it ourselves, via
 ctypes, because neither Python nor torch exposes it; ``MALLOC_MMAP_THRESHOLD_`` would return
 every such block at once but made the updates 37% slower (every block a fresh mapping).
+
+The garbage collector's full passes: a run allocates many containers (graph dicts, peers,
+lists), which now and then triggers a full collection, and a full collection scans every
+tracked object alive, among them the ~230,000 that importing torch, numpy and networkx
+left. One such pass cost 0.13 s (the first 10,000-node graph of a run took 0.147 s to build
+against 0.009 with it out of the way). :func:`frozen_heap` moves what is alive when a run
+starts into the collector's permanent generation (``gc.freeze``) for the run's duration, so
+that its collections scan only what the run created; everything is handed back after.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -85,3 +96,22 @@ def trim_heap() -> bool:
         return False
     trim(0)
     return True
+
+
+_frozen_depth = [0]  # frozen_heap contexts open (gc.freeze and gc.unfreeze do not nest)
+
+
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Within: the objects alive on entry are out of the collector's scans (``gc.freeze``);
+    cyclic garbage among them waits until the outermost context exits (``gc.unfreeze``),
+    while what is created inside is collected as usual."""
+    if _frozen_depth[0] == 0:
+        gc.freeze()
+    _frozen_depth[0] += 1
+    try:
+        yield
+    finally:
+        _frozen_depth[0] -= 1
+        if _frozen_depth[0] == 0:
+            gc.unfreeze()

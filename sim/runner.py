@@ -26,7 +26,7 @@ from gossip import seeding
 from gossip.datasets import Dataset, load_dataset
 from gossip.errors import GossipError
 from gossip.learner import Learner, LearnerConfig, LocalData, resolve_device
-from gossip.memory import trim_heap
+from gossip.memory import frozen_heap, trim_heap
 from gossip.models import build_model_for
 from gossip.partition import label_distribution, partition, partition_generator
 from gossip.robust.attacks import Attacker, AttackSpec
@@ -455,10 +455,11 @@ def run_simulation(
     from sim.engines import choose_engine
 
     engine, why_not = choose_engine(config)
-    if engine == "batched":
-        return run_batched_simulation(config, out_dir, progress, dataset)
-    result = run_world(build_world(config, dataset), out_dir, progress, why_not=why_not)
-    return result
+    # The imports' objects out of the collector's full passes (see gossip.memory.frozen_heap).
+    with frozen_heap():
+        if engine == "batched":
+            return run_batched_simulation(config, out_dir, progress, dataset)
+        return run_world(build_world(config, dataset), out_dir, progress, why_not=why_not)
 
 
 def run_batched_simulation(

@@ -4,10 +4,12 @@ Each case runs in a fresh interpreter: whether torch is imported is process stat
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -135,3 +137,32 @@ def test_build_world_trims_the_heap_once_the_peers_are_built(
     monkeypatch.setattr(sim.runner, "trim_heap", lambda: calls.append(1) or True)
     world = sim.runner.build_world(SimConfig(peers=8, model="logreg", periods=1))
     assert calls == [1] and len(world.peers) == 8  # type: ignore[union-attr]
+
+
+def test_frozen_heap_hides_what_was_alive_and_nests() -> None:
+    """Inside, what was alive on entry is frozen and what is created inside is collected as
+    usual; nested contexts keep the freeze until the outermost one exits; then all is back."""
+    from gossip.memory import frozen_heap
+
+    before = gc.get_freeze_count()
+    with frozen_heap():
+        frozen = gc.get_freeze_count()
+        assert frozen > before
+        cycle: list[object] = []
+        cycle.append(cycle)
+        ref = weakref.ref(_Node(cycle))
+        gc.collect()
+        assert ref() is None  # garbage made inside is collected
+        with frozen_heap():
+            pass
+        assert gc.get_freeze_count() == frozen  # the inner exit did not unfreeze
+    assert gc.get_freeze_count() == before
+    with pytest.raises(ValueError), frozen_heap():
+        raise ValueError("unfrozen on the way out")
+    assert gc.get_freeze_count() == before
+
+
+class _Node:
+    def __init__(self, payload: object) -> None:
+        self.me = self  # a reference cycle: only the collector frees it
+        self.payload = payload
