@@ -115,3 +115,10 @@ def frozen_heap() -> Iterator[None]:
         _frozen_depth[0] -= 1
         if _frozen_depth[0] == 0:
             gc.unfreeze()
+
+
+def freeze_more() -> None:
+    """Inside :func:`frozen_heap`: also freeze what is alive now (say, a world just built
+    that lives until the run ends), undone with the rest when the context exits."""
+    if _frozen_depth[0] > 0:
+        gc.freeze()

@@ -26,7 +26,7 @@ from gossip import seeding
 from gossip.datasets import Dataset, load_dataset
 from gossip.errors import GossipError
 from gossip.learner import Learner, LearnerConfig, LocalData, resolve_device
-from gossip.memory import frozen_heap, trim_heap
+from gossip.memory import freeze_more, frozen_heap, trim_heap
 from gossip.models import build_model_for
 from gossip.partition import label_distribution, partition, partition_generator
 from gossip.robust.attacks import Attacker, AttackSpec
@@ -459,7 +459,9 @@ def run_simulation(
     with frozen_heap():
         if engine == "batched":
             return run_batched_simulation(config, out_dir, progress, dataset)
-        return run_world(build_world(config, dataset), out_dir, progress, why_not=why_not)
+        world = build_world(config, dataset)
+        freeze_more()  # the peers live until the run ends: out of the scans as well
+        return run_world(world, out_dir, progress, why_not=why_not)
 
 
 def run_batched_simulation(
