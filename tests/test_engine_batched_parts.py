@@ -400,6 +400,7 @@ def test_the_size_of_a_run_picks_the_state_pass(monkeypatch: pytest.MonkeyPatch)
     calls: list[str] = []
     real = state._compiled_walk
     monkeypatch.setattr(state, "_compiled_walk", lambda: calls.append("compiled") or real())
+    monkeypatch.setattr(state, "_warm", [])  # as in a fresh process
     small = _schedule(config, parts)
     assert calls == []
     monkeypatch.setattr(state, "COMPILE_ABOVE", 10)
@@ -407,6 +408,23 @@ def test_the_size_of_a_run_picks_the_state_pass(monkeypatch: pytest.MonkeyPatch)
     assert calls == ["compiled"]
     assert np.array_equal(small.merge_weight, large.merge_weight)
     assert np.array_equal(small.merge_wave, large.merge_wave)
+
+
+def test_once_compiled_the_walk_serves_smaller_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the compiled walk has run in the process, a run above COMPILE_WARM_ABOVE
+    events takes it although it is below COMPILE_ABOVE; before, Python walks it."""
+    config = dataclasses.replace(BASE, peers=10)
+    parts = [np.arange(i * 4, i * 4 + 4) for i in range(10)]
+    calls: list[str] = []
+    real = state._compiled_walk
+    monkeypatch.setattr(state, "_compiled_walk", lambda: calls.append("compiled") or real())
+    monkeypatch.setattr(state, "COMPILE_WARM_ABOVE", 10)
+    monkeypatch.setattr(state, "_warm", [])
+    _schedule(config, parts)
+    assert calls == []
+    monkeypatch.setattr(state, "_warm", [True])
+    _schedule(config, parts)
+    assert calls == ["compiled"]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 3, 2**32 - 1, 2**32, 2**40 + 7, 2**130 + 11])

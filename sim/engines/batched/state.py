@@ -7,9 +7,10 @@ the ages that came before it, a wave on the sender's), and in Python it cost abo
 event: at 10,000 ``logreg`` peers more than the whole compute pass, and 100 s at 1,000,000
 peers. Numba compiles it to a loop over typed arrays (about 20 ns an event), which is why
 it is our own code rather than a library's. :func:`walk` is one source for both: run by
-Python over lists (about 4 µs an event, no start-up cost) or compiled by numba over arrays
-(about 20 ns an event, after 1.2 s to import numba and load the compiled code from its cache,
-5 s to compile it the first time); :func:`state_pass` picks by the number of events, and the
+Python over lists (about 1.3 µs an event, no start-up cost) or compiled by numba over arrays
+(about 20 ns an event, after 0.6-1.2 s to import numba and load the compiled code from its
+cache, 5 s to compile it the first time); :func:`state_pass` picks by the number of events
+(and takes the compiled walk for all but tiny runs once it has run in the process), and the
 tests hold the two to each other.
 
 The arithmetic is the Python reference's, operation for operation: the age guard is
@@ -173,6 +174,11 @@ def walk(
 
 _compiled: list[Any] = []  # walk compiled by numba, once per process (imported on demand)
 COMPILE_ABOVE = 250_000  # events; below, Python finishes the walk before numba has loaded
+# Once the compiled walk has run in this process (a sweep's worker after its first large
+# run), loading costs nothing more: every run but the smallest takes it (the Python walk of
+# 5,000 events takes ~7 ms, the compiled call ~0.1 ms).
+COMPILE_WARM_ABOVE = 5_000
+_warm: list[bool] = []  # the compiled walk has been called (numba loaded and cache read)
 
 
 def _compiled_walk() -> Any:
@@ -195,7 +201,8 @@ def state_pass(
     waves and of records walked."""
     n, size = len(trains), len(kind)
     if compiled is None:
-        compiled = size > COMPILE_ABOVE and importlib.util.find_spec("numba") is not None
+        threshold = COMPILE_WARM_ABOVE if _warm else COMPILE_ABOVE
+        compiled = size > threshold and importlib.util.find_spec("numba") is not None
     per_event: dict[str, np.ndarray] = {
         "train_wave": np.full(size, -1, dtype=np.int64),
         "age_before": np.zeros(size, dtype=np.int64),
@@ -217,6 +224,8 @@ def state_pass(
             *inputs, steps, policy, rate, burst, rule, *per_event.values(), counters, ages_at,
             *state,
         )  # fmt: skip
+        if not _warm:
+            _warm.append(True)
         return per_event, counters, ages_at, int(oldest), int(waves), int(walked)
     # Python: over lists (indexing a list is several times faster than a numpy scalar; a
     # run this small holds at most a few million entries as Python objects).
