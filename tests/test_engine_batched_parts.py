@@ -464,3 +464,15 @@ def test_a_cosine_schedule_without_horizon_is_refused_in_one_line() -> None:
 
     with pytest.raises(GossipError, match="needs a horizon"):
         lr_factors(S.LRSchedule.parse("cosine"), np.zeros((2, 1), dtype=np.int64))
+
+
+def test_minibatch_rows_with_no_training_event_are_empty() -> None:
+    """Minibatch peers that never train before the run ends draw no batch (no crash)."""
+    config = dataclasses.replace(BASE, peers=4, batch_size=2)
+    parts = [np.arange(i * 4, i * 4 + 4) for i in range(4)]
+    sched = _schedule(config, parts)
+    assert sched.batch_rows is not None and sched.batch_at is not None
+    assert sched.batch_rows.shape[1:] == (config.local_steps, 2)
+    idle = dataclasses.replace(sched, train_wave=np.full_like(sched.train_wave, -1))
+    rows, at = S._minibatch_rows(config, parts, idle, np.ones(4, dtype=bool))
+    assert rows.shape == (0, config.local_steps, 2) and not (at >= 0).any()

@@ -539,6 +539,8 @@ def _minibatch_rows(
     ]  # fmt: skip
     at = np.full(len(peer), -1, dtype=np.int64)
     at[trains] = np.arange(len(trains))
+    if not chunks:  # no minibatch peer trains before the run ends
+        return torch.empty(0, steps, config.batch_size, dtype=torch.long), at
     return torch.cat(chunks), at
 
 
