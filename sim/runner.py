@@ -459,9 +459,7 @@ def run_simulation(
     with frozen_heap():
         if engine == "batched":
             return run_batched_simulation(config, out_dir, progress, dataset)
-        world = build_world(config, dataset)
-        freeze_more()  # the peers live until the run ends: out of the scans as well
-        return run_world(world, out_dir, progress, why_not=why_not)
+        return run_world(build_world(config, dataset), out_dir, progress, why_not=why_not)
 
 
 def run_batched_simulation(
@@ -509,22 +507,23 @@ def run_world(
     config = world.config
     # The world (thousands of modules, tensors, tasks) lives for the whole run: freeze it out
     # of the cyclic garbage collector, whose full passes would otherwise scan it again and
-    # again and make each update cost more the more peers there are.
-    gc.collect()
-    gc.freeze()
-    start = time.perf_counter()
+    # again and make each update cost more the more peers there are (after collecting the
+    # build's garbage, which would otherwise be frozen with it). Through frozen_heap, so
+    # that a caller's own frozen_heap (run_simulation's) is not undone when this returns.
     try:
-        simulation = (
-            _simulate(world, progress) if isinstance(world, World) else world.simulate(progress)
-        )
-        records = run_virtual(simulation)
+        with frozen_heap():
+            gc.collect()
+            freeze_more()
+            start = time.perf_counter()
+            simulation = (
+                _simulate(world, progress) if isinstance(world, World) else world.simulate(progress)
+            )
+            records = run_virtual(simulation)
     except Diverged as e:
         if out_dir is not None:
             partial = SimResult(config, e.records, summarise(world, e.records, 0.0), world)
             write_outputs(partial, Path(out_dir))
         raise
-    finally:
-        gc.unfreeze()
     wall = time.perf_counter() - start
     summary = summarise(world, records, wall)
     summary["engine"] = "asyncio"

@@ -187,3 +187,9 @@ def test_a_simulation_runs_with_the_heap_frozen_and_hands_it_back(engine: str) -
     run_simulation(config, progress=lambda t, record: seen.append(gc.get_freeze_count()))
     assert seen and min(seen) > before
     assert gc.get_freeze_count() == before
+    # Nested in a caller's frozen_heap, the run leaves the caller's freeze in place.
+    with memory.frozen_heap():
+        outer = gc.get_freeze_count()
+        run_simulation(config)
+        assert outer > before and gc.get_freeze_count() > before  # (frozen objects may die)
+    assert gc.get_freeze_count() == before
