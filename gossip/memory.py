@@ -105,9 +105,9 @@ _frozen_depth = [0]  # frozen_heap contexts open (gc.freeze and gc.unfreeze do n
 def frozen_heap() -> Iterator[None]:
     """Within: the objects alive on entry are out of the collector's scans (``gc.freeze``);
     cyclic garbage among them waits until the outermost context exits (``gc.unfreeze``),
-    while what is created inside is collected as usual."""
-    if _frozen_depth[0] == 0:
-        gc.freeze()
+    while what is created inside is collected as usual. A nested context freezes what is
+    alive by then too (say, a world just built that lives until the run ends)."""
+    gc.freeze()
     _frozen_depth[0] += 1
     try:
         yield
@@ -115,10 +115,3 @@ def frozen_heap() -> Iterator[None]:
         _frozen_depth[0] -= 1
         if _frozen_depth[0] == 0:
             gc.unfreeze()
-
-
-def freeze_more() -> None:
-    """Inside :func:`frozen_heap`: also freeze what is alive now (say, a world just built
-    that lives until the run ends), undone with the rest when the context exits."""
-    if _frozen_depth[0] > 0:
-        gc.freeze()

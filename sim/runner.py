@@ -26,7 +26,7 @@ from gossip import seeding
 from gossip.datasets import Dataset, load_dataset
 from gossip.errors import GossipError
 from gossip.learner import Learner, LearnerConfig, LocalData, resolve_device
-from gossip.memory import freeze_more, frozen_heap, trim_heap
+from gossip.memory import frozen_heap, trim_heap
 from gossip.models import build_model_for
 from gossip.partition import label_distribution, partition, partition_generator
 from gossip.robust.attacks import Attacker, AttackSpec
@@ -508,12 +508,11 @@ def run_world(
     # The world (thousands of modules, tensors, tasks) lives for the whole run: freeze it out
     # of the cyclic garbage collector, whose full passes would otherwise scan it again and
     # again and make each update cost more the more peers there are (after collecting the
-    # build's garbage, which would otherwise be frozen with it). Through frozen_heap, so
-    # that a caller's own frozen_heap (run_simulation's) is not undone when this returns.
+    # build's garbage, which would otherwise be frozen with it). Through frozen_heap, which
+    # nests, so that a caller's own (run_simulation's) is not undone when this returns.
+    gc.collect()  # (inside run_simulation's frozen_heap this scans only the build)
     try:
         with frozen_heap():
-            gc.collect()
-            freeze_more()
             start = time.perf_counter()
             simulation = (
                 _simulate(world, progress) if isinstance(world, World) else world.simulate(progress)

@@ -142,7 +142,7 @@ def test_build_world_trims_the_heap_once_the_peers_are_built(
 def test_frozen_heap_hides_what_was_alive_and_nests() -> None:
     """Inside, what was alive on entry is frozen and what is created inside is collected as
     usual; nested contexts keep the freeze until the outermost one exits; then all is back."""
-    from gossip.memory import freeze_more, frozen_heap
+    from gossip.memory import frozen_heap
 
     before = gc.get_freeze_count()
     with frozen_heap():
@@ -153,14 +153,11 @@ def test_frozen_heap_hides_what_was_alive_and_nests() -> None:
         ref = weakref.ref(_Node(cycle))
         gc.collect()
         assert ref() is None  # garbage made inside is collected
+        kept = [[i] for i in range(1000)]
         with frozen_heap():
-            pass
-        assert gc.get_freeze_count() == frozen  # the inner exit did not unfreeze
-        kept = [[i] for i in range(100)]
-        freeze_more()
-        assert gc.get_freeze_count() >= frozen + len(kept)
-    assert gc.get_freeze_count() == before
-    freeze_more()  # outside a context: nothing
+            # What is alive by now is frozen too (a few frozen objects may die meanwhile).
+            assert gc.get_freeze_count() >= frozen + len(kept) // 2
+        assert gc.get_freeze_count() > before  # the inner exit did not unfreeze
     assert gc.get_freeze_count() == before
     with pytest.raises(ValueError), frozen_heap():
         raise ValueError("unfrozen on the way out")
