@@ -17,7 +17,7 @@ from torch.func import functional_call, grad, vmap
 from gossip import seeding
 from gossip.errors import GossipError
 from sim.config import SimConfig
-from sim.engines.batched import pcg, state
+from sim.engines.batched import levels, pcg, state
 from sim.engines.batched import schedule as S
 from sim.engines.batched.compute import StackedPeers
 from sim.engines.batched.kernels import DenseStack
@@ -339,50 +339,126 @@ def test_the_wave_plan_is_its_definition(kw: dict[str, Any]) -> None:
 
 
 def _schedule(
-    config: SimConfig, parts: list[np.ndarray], compiled: bool | None = None
+    config: SimConfig, parts: list[np.ndarray], walker: str | None = None, neighbours: Any = None
 ) -> S.Schedule:
     return S.build_schedule(
-        config, parts, None, S.LRSchedule.parse("constant"), 1000, evaluation_times(config),
-        compiled,
+        config, parts, neighbours, S.LRSchedule.parse("constant"), 1000,
+        evaluation_times(config), walker,
     )  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "kw",
-    [
-        {"loss": 0.1, "age_guard": "refuse"},
-        {"age_guard": "cap", "delay": "uniform:0.01:2"},
-        {"age_guard": "off", "partitions": "split:3:7", "merge": "replace"},
-        {"merge": "none", "loss": 0.3},
-        {"merge": "average", "local_steps": 0},
-    ],
-    ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()),
-)
-def test_the_compiled_state_pass_is_its_python_source(kw: dict[str, Any]) -> None:
-    """Numba's loop over arrays and the same source run by Python over lists agree on every
-    output, floats bit for bit: no fused multiply-add, no integer overflow, no other rounding
-    in the compiled code. Uneven shards (1 to 12 samples) make the age guard cap and refuse."""
-    config = dataclasses.replace(BASE, peers=25, **kw)
-    parts = [np.arange(i * 13, i * 13 + 1 + (i * 7) % 12) for i in range(25)]
-    compiled = _schedule(config, parts, compiled=True)
-    python = _schedule(config, parts, compiled=False)
+def _assert_same_state(a: S.Schedule, b: S.Schedule) -> None:
+    """Every output of the state pass, floats bit for bit."""
     for name in ("train_wave", "age_before", "send_wave", "used", "merge_wave", "merge_weight",
                  "eval_wave"):  # fmt: skip
-        a, b = getattr(compiled, name), getattr(python, name)
-        assert a.dtype == b.dtype and np.array_equal(a, b), name
-    assert compiled.waves == python.waves
-    for a, b in zip(compiled.evals, python.evals, strict=True):
-        assert a.ages.tolist() == b.ages.tolist()
-        assert (a.network, a.merges, a.age_capped, a.train_steps) == (
-            b.network,
-            b.merges,
-            b.age_capped,
-            b.train_steps,
-        )
-    if kw.get("age_guard") == "refuse":
-        assert compiled.evals[-1].network.rejected["age_inflation"] > 0
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and np.array_equal(x, y), name
+    assert a.waves == b.waves
+    assert len(a.evals) == len(b.evals)
+    for x, y in zip(a.evals, b.evals, strict=True):
+        assert x.ages.tolist() == y.ages.tolist()
+        assert (x.network, x.merges, x.age_capped, x.train_steps) == (
+            y.network, y.merges, y.age_capped, y.train_steps,
+        )  # fmt: skip
+
+
+STATE_SCENARIOS = [
+    {"loss": 0.1, "age_guard": "refuse"},
+    {"age_guard": "cap", "delay": "uniform:0.01:2"},
+    {"age_guard": "off", "partitions": "split:3:7", "merge": "replace"},
+    {"merge": "none", "loss": 0.3},
+    {"merge": "average", "local_steps": 0},
+    {"merge": "none", "age_guard": "refuse", "eval_every": 1},
+    {"delay": "0", "peers": 2, "periods": 30},
+    {"age_guard": "refuse", "merge": "replace", "delay": "exponential:0.4", "seed": 9},
+]
+
+
+def _uneven(n: int) -> list[np.ndarray]:
+    """Shards of 1 to 12 samples (the age guard caps and refuses), every ninth one empty
+    (that peer never trains)."""
+    return [np.arange(i * 13, i * 13 + (0 if i % 9 == 4 else 1 + (i * 7) % 12)) for i in range(n)]
+
+
+@pytest.mark.parametrize("walker", ["compiled", "levels"])
+@pytest.mark.parametrize(
+    "kw", STATE_SCENARIOS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items())
+)
+def test_every_state_pass_is_the_python_walk(
+    kw: dict[str, Any], walker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Numba's loop over arrays and the level walk over numpy arrays agree with the walk run
+    by Python over lists on every output, floats bit for bit: no fused multiply-add, no
+    integer overflow, no other rounding, and (levels) no dependency missed. The level walk
+    runs even where it would decline these narrow runs (MIN_WIDTH 0), and a spy checks it
+    did."""
+    monkeypatch.setattr(levels, "MIN_WIDTH", 0)
+    ran: list[bool] = []
+    real = levels.level_walk
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        out = real(*args, **kwargs)
+        ran.append(out is not None)
+        return out
+
+    monkeypatch.setattr(levels, "level_walk", spy)
+    config = dataclasses.replace(BASE, peers=kw.get("peers", 25),
+                                 **{k: v for k, v in kw.items() if k != "peers"})  # fmt: skip
+    parts = _uneven(config.peers)
+    other = _schedule(config, parts, walker)
+    python = _schedule(config, parts, "python")
+    _assert_same_state(other, python)
+    assert ran == ([True] if walker == "levels" else [])
+    if kw.get("age_guard") == "refuse" and kw.get("merge") != "none":
+        assert python.evals[-1].network.rejected["age_inflation"] > 0
     if kw.get("age_guard") == "cap":
-        assert compiled.evals[-1].age_capped > 0
+        assert python.evals[-1].age_capped > 0
+
+
+@pytest.mark.parametrize(
+    "topology,kw",
+    [
+        ("ring", {}),
+        ("regular:4", {"loss": 0.2, "age_guard": "refuse"}),
+        ("watts-strogatz:6:0.1", {"partitions": "split:1:2", "merge": "replace"}),
+        ("star", {"delay": "uniform:0.01:2"}),
+    ],
+)
+def test_the_level_walk_at_its_own_width_is_the_python_walk(
+    topology: str, kw: dict[str, Any]
+) -> None:
+    """1,000 peers gossiping along a topology's edges: the level walk as it runs in the
+    engine, without forcing it, equals the Python walk. (A star's hub, which every peer
+    pushes to, makes its events one long chain of narrow levels: there the level walk
+    declines and Python walks.)"""
+    from sim.topology import build_topology
+
+    config = dataclasses.replace(BASE, peers=1000, periods=4, eval_every=2, sampler="neighbours",
+                                 topology=topology, **kw)  # fmt: skip
+    graph = build_topology(config.topology, config.peers, np.random.default_rng(config.seed))
+    neighbours = [sorted(graph.neighbors(i)) for i in range(config.peers)]
+    parts = _uneven(config.peers)
+    _assert_same_state(
+        _schedule(config, parts, "levels", neighbours),
+        _schedule(config, parts, "python", neighbours),
+    )
+
+
+def test_the_level_walk_declines_narrow_runs() -> None:
+    """Two peers over 40 periods: levels of one or two events, where Python's walk is
+    faster; the level walk returns None and the state pass walks in Python instead."""
+    config = dataclasses.replace(BASE, peers=2, periods=40)
+    parts = [np.arange(4), np.arange(4, 8)]
+    ev = S.events(config, None, 1000, evaluation_times(config))
+    assert levels.plan_levels(ev.kind, ev.peer, ev.ref) is None
+    assert levels.plan_levels(ev.kind, ev.peer, ev.ref, min_width=0) is not None
+    _assert_same_state(_schedule(config, parts, "levels"), _schedule(config, parts, "python"))
+
+
+def test_an_unknown_walker_is_refused() -> None:
+    config = dataclasses.replace(BASE, peers=3)
+    with pytest.raises(ValueError, match="unknown walker 'fast'; choose one of python"):
+        _schedule(config, [np.arange(4)] * 3, "fast")
 
 
 def test_ages_beyond_exact_floats_are_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -394,20 +470,31 @@ def test_ages_beyond_exact_floats_are_refused_in_one_line(monkeypatch: pytest.Mo
 
 
 def test_the_size_of_a_run_picks_the_state_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Small runs stay in Python (no numba import); large ones compile; the same results."""
+    """Small runs stay in Python (no numba import), larger ones walk by levels, the largest
+    compile; the same results."""
     config = dataclasses.replace(BASE, peers=10)
     parts = [np.arange(i * 4, i * 4 + 4) for i in range(10)]
     calls: list[str] = []
     real = state._compiled_walk
     monkeypatch.setattr(state, "_compiled_walk", lambda: calls.append("compiled") or real())
+    real_levels = levels.level_walk
+    monkeypatch.setattr(levels, "level_walk",
+                        lambda *a, **k: calls.append("levels") or real_levels(*a, **k))  # fmt: skip
     monkeypatch.setattr(state, "_warm", [])  # as in a fresh process
+    size = len(S.events(config, None, 1000, evaluation_times(config)).kind)
+    assert state.pick_walker(size) == "python"
     small = _schedule(config, parts)
     assert calls == []
+    monkeypatch.setattr(state, "LEVELS_ABOVE", 10)
+    assert state.pick_walker(size) == "levels"
+    middle = _schedule(config, parts)
+    assert calls == ["levels"]  # (it declined: 10 peers are too narrow, Python walked)
     monkeypatch.setattr(state, "COMPILE_ABOVE", 10)
+    assert state.pick_walker(size) == "compiled"
     large = _schedule(config, parts)
-    assert calls == ["compiled"]
-    assert np.array_equal(small.merge_weight, large.merge_weight)
-    assert np.array_equal(small.merge_wave, large.merge_wave)
+    assert calls == ["levels", "compiled"]
+    _assert_same_state(small, middle)
+    _assert_same_state(small, large)
 
 
 def test_once_compiled_the_walk_serves_smaller_runs(monkeypatch: pytest.MonkeyPatch) -> None:

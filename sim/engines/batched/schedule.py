@@ -474,11 +474,11 @@ def build_schedule(
     schedule: LRSchedule,
     message_bytes: int,
     eval_times: Sequence[tuple[float, int]],
-    compiled: bool | None = None,
+    walker: str | None = None,
 ) -> Schedule:
     """Replay the run; ``neighbours`` None means uniform sampling over all peers.
-    ``compiled``: run the state pass compiled by numba (True), in Python (False), or by the
-    run's size (None: see :func:`.state.state_pass`)."""
+    ``walker``: how the state pass runs (one of :data:`.state.WALKERS`; None: by the run's
+    size, see :func:`.state.state_pass`)."""
     from sim.engines.batched import state
 
     ev = events(config, neighbours, message_bytes, eval_times)
@@ -496,7 +496,7 @@ def build_schedule(
     per_event, counters, ages_at, oldest, waves, walked = state.state_pass(
         ev.kind, ev.peer, ev.ref, ev.outcome, ev.time, trains, inc, steps,
         state.POLICY_CODES[guard.policy], rate, burst, state.RULE_CODES[config.merge],
-        len(eval_times), compiled,
+        len(eval_times), walker,
     )  # fmt: skip
     if walked != len(eval_times):
         raise AssertionError("the schedule ended before its last evaluation")  # pragma: no cover

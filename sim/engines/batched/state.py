@@ -1,17 +1,17 @@
 """The state pass of the batched engine, compiled: one walk over the events in order.
 
 What it tracks is what the asyncio engine's peers and network would say at every event: the
-message accounting, every peer's age and its age guard's credit, every merge's weight, and the
-wave of each operation (see :mod:`.waves`). It is inherently sequential (an age depends on
-the ages that came before it, a wave on the sender's), and in Python it cost about 5 µs an
-event: at 10,000 ``logreg`` peers more than the whole compute pass, and 100 s at 1,000,000
-peers. Numba compiles it to a loop over typed arrays (about 20 ns an event), which is why
-it is our own code rather than a library's. :func:`walk` is one source for both: run by
-Python over lists (about 1.3 µs an event, no start-up cost) or compiled by numba over arrays
-(about 20 ns an event, after 0.6-1.2 s to import numba and load the compiled code from its
-cache, 5 s to compile it the first time); :func:`state_pass` picks by the number of events
-(and takes the compiled walk for all but tiny runs once it has run in the process), and the
-tests hold the two to each other.
+message accounting, every peer's age and its age guard's credit, every merge's weight, and
+the wave of each operation (see :mod:`.waves`). It is sequential (an age depends on the ages
+that came before it, a wave on the sender's). :func:`walk` is one source for two runtimes:
+Python over lists (about 1.3 µs an event, no start-up cost) or numba over arrays (about 20
+ns an event, after 0.6-0.8 s to import numba and load the compiled code from its cache, 5 s
+to compile it the first time), which is why it is our own code rather than a library's. A
+third walker, :mod:`.levels`, does the same arithmetic over numpy arrays one dependency
+level at a time (about 0.3 µs an event, no start-up cost). :func:`state_pass` picks by the
+number of events (:func:`pick_walker`: Python for small runs, levels from 10,000 events,
+compiled above 1,250,000, or above 5,000 once it has run in the process), and the tests
+hold the three to each other.
 
 The arithmetic is the Python reference's, operation for operation: the age guard is
 :class:`gossip.age_guard.AgeAllowance` (``refill``, ``bound``, ``spend``) written over arrays
@@ -173,12 +173,19 @@ def walk(
 
 
 _compiled: list[Any] = []  # walk compiled by numba, once per process (imported on demand)
-COMPILE_ABOVE = 250_000  # events; below, Python finishes the walk before numba has loaded
+# Events above which numba's walk is taken: loading it costs 0.6-0.8 s in a fresh process,
+# the level walk (.levels) about 0.25 µs an event, so the compiled walk pays from about
+# 3,000,000 events on (150,000 peers over 10 periods).
+COMPILE_ABOVE = 1_250_000
 # Once the compiled walk has run in this process (a sweep's worker after its first large
 # run), loading costs nothing more: every run but the smallest takes it (the Python walk of
 # 5,000 events takes ~7 ms, the compiled call ~0.1 ms).
 COMPILE_WARM_ABOVE = 5_000
+# Events from which the level walk is tried (below, Python's walk is as fast); it declines
+# narrow runs itself (see levels.MIN_WIDTH).
+LEVELS_ABOVE = 10_000
 _warm: list[bool] = []  # the compiled walk has been called (numba loaded and cache read)
+WALKERS = ("python", "levels", "compiled")
 
 
 def _compiled_walk() -> Any:
@@ -189,20 +196,30 @@ def _compiled_walk() -> Any:
     return _compiled[0]
 
 
+def pick_walker(size: int) -> str:
+    """The walker for a run of ``size`` events, as :func:`state_pass` picks it."""
+    threshold = COMPILE_WARM_ABOVE if _warm else COMPILE_ABOVE
+    if size > threshold and importlib.util.find_spec("numba") is not None:
+        return "compiled"
+    return "levels" if size > LEVELS_ABOVE else "python"
+
+
 def state_pass(
     kind: np.ndarray, peer: np.ndarray, ref: np.ndarray, outcome: np.ndarray,
     when: np.ndarray, trains: np.ndarray, inc: np.ndarray, steps: int, policy: int,
     rate: np.ndarray, burst: np.ndarray, rule: int, n_records: int,
-    compiled: bool | None = None,
+    walker: str | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, int, int, int]:  # fmt: skip
-    """Run :func:`walk` compiled (``compiled`` True, or None and more than ``COMPILE_ABOVE``
-    events) or in Python. Returns the per-event arrays by name, ``counters``
-    ``[records, COUNTERS]``, the ages ``[records, N]``, the largest age, the number of
-    waves and of records walked."""
+    """Run :func:`walk` compiled by numba, by dependency levels over numpy arrays
+    (:mod:`.levels`; it falls back to Python for narrow runs) or in Python: ``walker``
+    names one of ``WALKERS``, None picks by the number of events (:func:`pick_walker`).
+    Returns the per-event arrays by name, ``counters`` ``[records, COUNTERS]``, the ages
+    ``[records, N]``, the largest age, the number of waves and of records walked."""
     n, size = len(trains), len(kind)
-    if compiled is None:
-        threshold = COMPILE_WARM_ABOVE if _warm else COMPILE_ABOVE
-        compiled = size > threshold and importlib.util.find_spec("numba") is not None
+    if walker is None:
+        walker = pick_walker(size)
+    if walker not in WALKERS:
+        raise ValueError(f"unknown walker {walker!r}; choose one of {', '.join(WALKERS)}")
     per_event: dict[str, np.ndarray] = {
         "train_wave": np.full(size, -1, dtype=np.int64),
         "age_before": np.zeros(size, dtype=np.int64),
@@ -214,12 +231,21 @@ def state_pass(
     }
     counters = np.zeros((n_records, COUNTERS), dtype=np.int64)
     ages_at = np.zeros((n_records, n), dtype=np.int64)
+    inputs = (kind, peer, ref, outcome, when, trains, inc)
+    if walker == "levels":
+        from sim.engines.batched.levels import level_walk
+
+        done = level_walk(
+            *inputs, steps, policy, rate, burst, rule, per_event, counters, ages_at
+        )  # fmt: skip
+        if done is not None:
+            return per_event, counters, ages_at, *done
+        walker = "python"  # too narrow: nothing was filled
     state = (
         np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.full(n, -1, np.int64),
         burst.astype(np.float64), np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.bool_),
     )  # fmt: skip
-    inputs = (kind, peer, ref, outcome, when, trains, inc)
-    if compiled:
+    if walker == "compiled":
         oldest, waves, walked = _compiled_walk()(
             *inputs, steps, policy, rate, burst, rule, *per_event.values(), counters, ages_at,
             *state,
