@@ -483,16 +483,19 @@ def build_schedule(
 
     ev = events(config, neighbours, message_bytes, eval_times)
     guard = AgeGuard(config.age_guard)
-    allowances: list[AgeAllowance] = [
-        guard.allowance(*training_rate(config, len(p))) for p in parts
-    ]
     steps = config.local_steps
-    sizes = [len(p) for p in parts]
-    bsz = [min(config.batch_size, s) for s in sizes]
-    trains = np.array([steps > 0 and s > 0 for s in sizes], dtype=np.bool_)
-    inc = np.where(trains, steps * np.asarray(bsz, dtype=np.int64), 0).astype(np.int64)
-    rate = np.array([a.rate for a in allowances], dtype=np.float64)
-    burst = np.array([a.burst for a in allowances], dtype=np.float64)
+    sizes = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+    bsz = np.minimum(config.batch_size, sizes)
+    trains = (sizes > 0) & (steps > 0)
+    inc = np.where(trains, steps * bsz, 0).astype(np.int64)
+    # A peer's allowance depends only on its shard's size: one per distinct size (an
+    # AgeAllowance per peer cost 22 ms at 10,000 peers, 2 s at 1,000,000).
+    distinct, which = np.unique(sizes, return_inverse=True)
+    allowances: list[AgeAllowance] = [
+        guard.allowance(*training_rate(config, s)) for s in distinct.tolist()
+    ]
+    rate = np.array([a.rate for a in allowances], dtype=np.float64)[which]
+    burst = np.array([a.burst for a in allowances], dtype=np.float64)[which]
     per_event, counters, ages_at, oldest, waves, walked = state.state_pass(
         ev.kind, ev.peer, ev.ref, ev.outcome, ev.time, trains, inc, steps,
         state.POLICY_CODES[guard.policy], rate, burst, state.RULE_CODES[config.merge],
@@ -515,7 +518,7 @@ def build_schedule(
         per_event["send_wave"], per_event["used"], per_event["merge_wave"],
         per_event["merge_weight"], counters[:, state.EVAL_WAVE].copy(), waves,
     )  # fmt: skip
-    minibatch = np.array([0 < b < s for b, s in zip(bsz, sizes, strict=True)], dtype=bool)
+    minibatch = (bsz > 0) & (bsz < sizes)
     if minibatch.any() and steps > 0:
         out.batch_rows, out.batch_at = _minibatch_rows(config, parts, out, minibatch)
     return out
