@@ -76,12 +76,16 @@ def plan_levels(
             out.append(None)
             continue
         p, k, r = peer[a:b], kind[a:b], ref[a:b]
-        # A peer's events in order: each one's successor (next) and a predecessor count.
-        by_peer = np.argsort(p, kind="stable")
+        # A peer's events in order: each one's successor (next), predecessor (prev) and a
+        # count of the predecessors it waits for. (By a distinct key and the default sort:
+        # a stable sort of the peers is 3-4x slower.)
+        by_peer = np.argsort(p.astype(np.int64) * m + np.arange(m))
         same = p[by_peer[1:]] == p[by_peer[:-1]]
         earlier, later = by_peer[:-1][same], by_peer[1:][same]
         nxt = np.full(m, -1, dtype=np.int64)
         nxt[earlier] = later
+        prev = np.full(m, -1, dtype=np.int64)
+        prev[later] = earlier
         waiting = np.zeros(m, dtype=np.int64)
         waiting[later] = 1
         # A delivery waits for its round when that round is in this stretch too.
@@ -92,7 +96,7 @@ def plan_levels(
         if np.count_nonzero(delivery >= 0) != len(d):  # pragma: no cover - one push each
             return None
         waiting[d] += 1
-        level = np.empty(m, dtype=np.int64)
+        level = np.full(m, -1, dtype=np.int64)
         ready = np.flatnonzero(waiting == 0)
         depth = done = 0
         while ready.size:
@@ -107,9 +111,12 @@ def plan_levels(
             s2 = delivery[ready]
             s2 = s2[s2 >= 0]
             waiting[s2] -= 1
-            both = np.concatenate((s1, s2))
-            # An event whose two predecessors were both in this level appears twice.
-            ready = np.unique(both[waiting[both] == 0])
+            r1, r2 = s1[waiting[s1] == 0], s2[waiting[s2] == 0]
+            # A delivery whose peer's previous event was in this level too is in r1 already.
+            before = prev[r2]
+            again = before >= 0
+            again[again] = level[before[again]] == depth - 1
+            ready = np.concatenate((r1, r2[~again]))
         if done != m:  # pragma: no cover - predecessors are earlier events: a DAG
             raise AssertionError("the events' dependencies have a cycle")
         levels += depth
