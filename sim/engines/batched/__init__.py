@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,17 +176,23 @@ def run_batched(
         if config.sampler == "uniform"
         else [sorted(setup.graph.neighbors(i)) for i in range(config.peers)]
     )
-    start = time.perf_counter()
-    schedule = build_schedule(
-        config, parts, neighbours, lr_schedule, message_bytes, evaluation_times(config)
-    )
-    plan = plan_waves(schedule, config.peers)
-    schedule_s = time.perf_counter() - start
+    # The stacked peers are built on a second thread while this one plans: their build is
+    # tensor copies that release the GIL (the parameters repeated N times, the shards laid
+    # out by peer: 0.04 s at 10,000 logreg peers, on fresh pages), the schedule is numpy.
+    with ThreadPoolExecutor(1, thread_name_prefix="gossip-build") as pool:
+        building = pool.submit(
+            StackedPeers, module, init, parts, data.x_train, data.y_train, config.batch_size,
+            config.weight_decay, 0, device,
+        )  # fmt: skip
+        start = time.perf_counter()
+        schedule = build_schedule(
+            config, parts, neighbours, lr_schedule, message_bytes, evaluation_times(config)
+        )
+        plan = plan_waves(schedule, config.peers)
+        schedule_s = time.perf_counter() - start
+        stacked = building.result()
+    stacked.reserve_pool(plan.pool_size)
     lrs = _learning_rates(config, learner_cfg.lr, lr_schedule, schedule, parts)
-    stacked = StackedPeers(
-        module, init, parts, data.x_train, data.y_train, config.batch_size,
-        config.weight_decay, plan.pool_size, device,
-    )  # fmt: skip
     x_test, y_test = setup.x_test.to(device), setup.y_test.to(device)
     network = BatchedNetwork(NetworkStats(), schema)
     records: list[Record] = []

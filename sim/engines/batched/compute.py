@@ -55,7 +55,8 @@ class StackedPeers:
         self.specs = [(name, t.shape, t.numel()) for name, t in exchanged_tensors(self.module)]
         n = len(parts)
         self.W = init.to(device).reshape(1, -1).repeat(n, 1)
-        self.pool = torch.empty(max(pool_size, 1), self.W.shape[1], device=device)
+        self.pool = torch.empty(0)
+        self.reserve_pool(pool_size)
         self.x, self.y = x.to(device), y.to(device)
         self.weight_decay = weight_decay
         sizes = [len(p) for p in parts]
@@ -99,6 +100,10 @@ class StackedPeers:
         self.wbuf = torch.empty(self.chunk, numel, device=device)
         self.on_cpu = device.type == "cpu"  # row scatters through numpy (see _scatter)
         self.gbuf = torch.empty(self.chunk, numel, device=device)
+
+    def reserve_pool(self, size: int) -> None:
+        """The pool of in-flight snapshots: ``size`` rows (the plan's ``pool_size``)."""
+        self.pool = torch.empty(max(size, 1), self.W.shape[1], device=self.device)
 
     def gradient(
         self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, m: torch.Tensor
