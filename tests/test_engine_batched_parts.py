@@ -563,3 +563,13 @@ def test_minibatch_rows_with_no_training_event_are_empty() -> None:
     idle = dataclasses.replace(sched, train_wave=np.full_like(sched.train_wave, -1))
     rows, at = S._minibatch_rows(config, parts, idle, np.ones(4, dtype=bool))
     assert rows.shape == (0, config.local_steps, 2) and not (at >= 0).any()
+
+
+@pytest.mark.parametrize("count", [1, 43, 2**15 - 1, 2**15, 10**6])
+def test_the_wave_order_is_a_stable_sort(count: int) -> None:
+    """The radix path (waves that fit 16 bits) and the plain one give numpy's stable
+    order: equal waves keep their operations' event order, so slots are assigned alike."""
+    from sim.engines.batched.waves import _stable_order
+
+    waves = np.random.default_rng(count).integers(0, count, 5000)
+    assert np.array_equal(_stable_order(waves, count), np.argsort(waves, kind="stable"))

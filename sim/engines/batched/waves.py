@@ -67,6 +67,14 @@ class Plan:
     pool_size: int
 
 
+def _stable_order(waves: np.ndarray, count: int) -> np.ndarray:
+    """The stable argsort of wave numbers in ``[0, count)``: as 16-bit integers where they
+    fit, which numpy sorts by radix (5-15x faster than its stable sort of int64)."""
+    if count <= np.iinfo(np.int16).max:
+        return np.argsort(waves.astype(np.int16), kind="stable")
+    return np.argsort(waves, kind="stable")
+
+
 def assign_slots(schedule: Schedule) -> tuple[np.ndarray, int]:
     """A pool slot per used snapshot (indexed by event; -1 elsewhere), and the pool size.
 
@@ -82,10 +90,10 @@ def assign_slots(schedule: Schedule) -> tuple[np.ndarray, int]:
         return slot, 0
     count = schedule.waves
     merges = np.nonzero(schedule.merge_wave >= 0)[0]
-    merges = merges[np.argsort(schedule.merge_wave[merges], kind="stable")]
+    merges = merges[_stable_order(schedule.merge_wave[merges], count)]
     m_bounds = np.searchsorted(schedule.merge_wave[merges], np.arange(count + 1))
     merged_msg = schedule.events.ref[merges]
-    sends = sends[np.argsort(schedule.send_wave[sends], kind="stable")]
+    sends = sends[_stable_order(schedule.send_wave[sends], count)]
     s_bounds = np.searchsorted(schedule.send_wave[sends], np.arange(count + 1))
     free = np.zeros(0, dtype=np.int64)
     size = 0
