@@ -188,3 +188,20 @@ def test_the_peer_layout_of_the_data_gives_the_same_steps(monkeypatch: pytest.Mo
     assert torch.equal(stacked.W, gathered.world.peers_state.W)  # type: ignore[union-attr]
     reference = run_simulation(SimConfig(engine="asyncio", **kw))
     _assert_same(reference, laid)
+
+
+@pytest.mark.parametrize("walker", ["levels", "compiled"])
+def test_every_state_walker_runs_the_engine_as_the_asyncio_one(
+    walker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine with its state pass forced to the level walk (which these 12 peers are too
+    narrow for by default) or to numba's matches the asyncio engine, records and ages exactly,
+    parameters to float tolerance: the walkers are held to the Python walk elsewhere, this
+    holds the engine that consumes them (the age guard caps here, so credits matter)."""
+    from sim.engines.batched import levels, state
+
+    monkeypatch.setattr(state, "pick_walker", lambda size: walker)
+    monkeypatch.setattr(levels, "MIN_WIDTH", 0)
+    a, b = _both(partition="dirichlet:0.1", loss=0.1)
+    assert a.records[-1]["age_capped"] > 0
+    _assert_same(a, b)
