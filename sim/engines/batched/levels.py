@@ -12,8 +12,8 @@ same states, in the same order per peer, with the same IEEE operations as the wa
 Why: in Python the walk costs about 1.3 µs an event (0.25 s of the 1 s a 10-period run of
 10,000 ``logreg`` peers takes) and numba's compiled walk costs 0.6-0.8 s to load in a fresh
 process. Uniform or topology gossip has a few dozen levels per period whatever N is
-(10,000 peers over 10 periods: 200,000 events in 68 levels), so this pass costs about 0.25
-µs an event. Narrow runs (a handful of peers over many periods) have levels of a few events,
+(10,000 peers over 10 periods: 200,000 events in 68 levels), so this pass costs about 0.2
+µs an event there (0.5 at 2,000,000 events, where the arrays outgrow the caches). Narrow runs (a handful of peers over many periods) have levels of a few events,
 where the per-level numpy calls cost more than Python's walk: :func:`level_walk` measures
 the width first and declines them. The tests hold its output to the walk's, bit for bit.
 """

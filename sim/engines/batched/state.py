@@ -8,7 +8,7 @@ Python over lists (about 1.3 µs an event, no start-up cost) or numba over array
 ns an event, after 0.6-0.8 s to import numba and load the compiled code from its cache, 5 s
 to compile it the first time), which is why it is our own code rather than a library's. A
 third walker, :mod:`.levels`, does the same arithmetic over numpy arrays one dependency
-level at a time (about 0.3 µs an event, no start-up cost). :func:`state_pass` picks by the
+level at a time (0.2-0.5 µs an event, no start-up cost). :func:`state_pass` picks by the
 number of events (:func:`pick_walker`: Python for small runs, levels from 10,000 events,
 compiled above 1,250,000, or above 5,000 once it has run in the process), and the tests
 hold the three to each other.
@@ -173,9 +173,9 @@ def walk(
 
 
 _compiled: list[Any] = []  # walk compiled by numba, once per process (imported on demand)
-# Events above which numba's walk is taken: loading it costs 0.6-0.8 s in a fresh process,
-# the level walk (.levels) about 0.25 µs an event, so the compiled walk pays from about
-# 3,000,000 events on (150,000 peers over 10 periods).
+# Events above which numba's walk is taken: with its load in a fresh process it walked
+# 1,000,000 events in 0.43-0.51 s against the level walk's 0.33-0.36 s, and 2,000,000 in
+# 0.46-0.7 s against 0.9-1.0 s (62,500 peers over 10 periods at this threshold).
 COMPILE_ABOVE = 1_250_000
 # Once the compiled walk has run in this process (a sweep's worker after its first large
 # run), loading costs nothing more: every run but the smallest takes it (the Python walk of
